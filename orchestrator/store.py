@@ -1,0 +1,292 @@
+"""Job storage in Redis: atomic event application, reads, indexes and statistics.
+
+Writes go through one Lua script (``apply_event.lua``) so that deduplication, the status
+transition, the indexes, the counters and the history entry of an event land together or not
+at all. Reads use plain commands.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+from orchestrator.errors import JobNotFound
+from orchestrator.jobs import TRANSITIONS, Effect, HistoryEntry, Job, JobStatus
+from orchestrator.keys import REF_KINDS, Keys, lua_key_functions
+
+LIST_PAGE_SIZE = 500
+
+
+def _read_script(name: str) -> str:
+    source = resources.files("orchestrator").joinpath(name).read_text("utf-8")
+    return source.replace("--@KEY_FUNCTIONS@", lua_key_functions())
+
+
+def render_purge_script() -> str:
+    """Return the Lua source that deletes one job and everything that points at it."""
+    return _read_script("purge_job.lua")
+
+
+def render_apply_script() -> str:
+    """Return the Lua source with the key builders and the transition table filled in."""
+    source = _read_script("apply_event.lua")
+    rows = []
+    for old in [None, *JobStatus]:
+        targets = sorted(TRANSITIONS[old]) if old is not None else [JobStatus.QUEUED]
+        allowed = ", ".join(f"{target.value} = true" for target in targets)
+        rows.append(f"  [{_lua_string(old.value if old else '')}] = {{{allowed}}},")
+    table = "local ALLOWED = {\n" + "\n".join(rows) + "\n}"
+    return source.replace("--@ALLOWED@", table)
+
+
+def _lua_string(text: str) -> str:
+    return "'" + text + "'"
+
+
+def new_job_id() -> str:
+    """Return a random 16-hex-digit job id (64 bits)."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A status change made by one script call, returned for logging."""
+
+    job_id: str
+    agent_id: str
+    from_status: JobStatus | None
+    to_status: JobStatus
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What applying one event did."""
+
+    job_id: str | None
+    outcome: str  # created, applied, stale, parked, recorded, ignored, or duplicate
+    transitions: tuple[Transition, ...]
+
+    @classmethod
+    def from_reply(cls, reply: list[str]) -> ApplyResult:
+        ack = orjson.loads(reply[0])
+        raw = orjson.loads(reply[1])
+        # cjson encodes an empty Lua table as {}.
+        items = raw if isinstance(raw, list) else []
+        transitions = tuple(
+            Transition(
+                job_id=item["job_id"],
+                agent_id=item["agent_id"],
+                from_status=JobStatus(item["from"]) if item["from"] else None,
+                to_status=JobStatus(item["to"]),
+                attempt=int(item["attempt"]),
+                reason=item["reason"],
+            )
+            for item in items
+        )
+        outcome = "duplicate" if reply[2] == "duplicate" else str(ack["outcome"])
+        return cls(job_id=ack.get("job_id"), outcome=outcome, transitions=transitions)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Job counts by status and by agent, plus event counters."""
+
+    by_status: dict[str, int]
+    by_agent: dict[str, dict[str, int]]
+    counters: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "by_status": self.by_status,
+            "by_agent": self.by_agent,
+            "counters": self.counters,
+        }
+
+
+class JobStore:
+    """Reads and writes jobs under one key prefix."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        *,
+        event_ttl_s: int,
+        orphan_ttl_s: int,
+        max_attempts: int,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._event_ttl_s = event_ttl_s
+        self._orphan_ttl_s = orphan_ttl_s
+        self._max_attempts = max_attempts
+        self._script = render_apply_script()
+        self._sha: str | None = None
+        self._purge = client.register_script(render_purge_script())
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    async def load_scripts(self) -> None:
+        """Load the Lua script into Redis (again after a Redis restart emptied its script cache)."""
+        self._sha = await self._client.script_load(self._script)
+
+    def queue_apply(self, pipe: Pipeline, event_id: str, effect: Effect, now_ms: int) -> None:
+        """Add one event application to a pipeline; ``ApplyResult.from_reply`` reads its reply."""
+        if self._sha is None:
+            raise RuntimeError("JobStore.load_scripts() must run before events are applied")
+        pipe.evalsha(self._sha, 0, *self._script_args(event_id, effect, now_ms))
+
+    async def apply(self, event_id: str, effect: Effect, now_ms: int) -> ApplyResult:
+        """Apply one event outside any pipeline."""
+        args = self._script_args(event_id, effect, now_ms)
+        try:
+            reply = await self._client.evalsha(await self._script_sha(), 0, *args)  # type: ignore[misc]
+        except NoScriptError:
+            await self.load_scripts()
+            reply = await self._client.evalsha(await self._script_sha(), 0, *args)  # type: ignore[misc]
+        return ApplyResult.from_reply(reply)
+
+    async def _script_sha(self) -> str:
+        if self._sha is None:
+            await self.load_scripts()
+        assert self._sha is not None
+        return self._sha
+
+    def _script_args(self, event_id: str, effect: Effect, now_ms: int) -> list[str]:
+        return [
+            self._keys.prefix,
+            event_id,
+            str(now_ms),
+            new_job_id(),
+            orjson.dumps(effect.to_wire()).decode(),
+            str(self._event_ttl_s),
+            str(self._orphan_ttl_s),
+            str(self._max_attempts),
+        ]
+
+    async def purge_job(self, job_id: str) -> bool:
+        """Delete a job, its history and its index entries; return False if it did not exist."""
+        deleted = await self._purge(args=[self._keys.prefix, job_id])
+        return bool(deleted)
+
+    async def job_ids_in_status_before(self, status: JobStatus, before_ms: int, limit: int) -> list[str]:
+        """Return up to ``limit`` ids of jobs that entered ``status`` before ``before_ms``, oldest first."""
+        ids: list[str] = await self._client.zrangebyscore(
+            self._keys.status_index(status), "-inf", before_ms, start=0, num=limit
+        )
+        return ids
+
+    async def get_job(self, job_id: str, *, with_history: bool = False) -> Job:
+        """Return one job by its id; raise ``JobNotFound`` if there is none."""
+        data: dict[str, str] = await self._client.hgetall(self._keys.job(job_id))  # type: ignore[misc]
+        if not data:
+            raise JobNotFound(f"job {job_id} not found")
+        history: tuple[HistoryEntry, ...] = ()
+        if with_history:
+            raw = await self._client.lrange(self._keys.history(job_id), 0, -1)  # type: ignore[misc]
+            history = tuple(HistoryEntry.from_record(orjson.loads(item)) for item in raw)
+        return Job.from_hash(data, history)
+
+    async def resolve(self, identifier: str, *, with_history: bool = False) -> Job:
+        """Return the job with this job id, tool call id, child session key or run id."""
+        if await self._client.exists(self._keys.job(identifier)):
+            return await self.get_job(identifier, with_history=with_history)
+        for kind in REF_KINDS:
+            job_id = await self._client.hget(self._keys.ref(kind), identifier)  # type: ignore[misc]
+            if job_id:
+                return await self.get_job(job_id, with_history=with_history)
+        raise JobNotFound(
+            f"job {identifier} not found: no job, tool call id, child session key or run id matches it"
+        )
+
+    async def list_jobs(
+        self, *, agent: str | None = None, status: JobStatus | None = None, limit: int = 50
+    ) -> list[Job]:
+        """Return up to ``limit`` jobs, newest first, filtered by agent and status."""
+        if agent is not None and status is not None:
+            job_ids = await self._agent_jobs_with_status(agent, status, limit)
+        elif status is not None:
+            job_ids = await self._client.zrevrange(self._keys.status_index(status), 0, limit - 1)
+        elif agent is not None:
+            job_ids = await self._client.zrevrange(self._keys.agent_index(agent), 0, limit - 1)
+        else:
+            job_ids = await self._client.zrevrange(self._keys.all_jobs, 0, limit - 1)
+        return await self._load_jobs(job_ids)
+
+    async def _agent_jobs_with_status(self, agent: str, status: JobStatus, limit: int) -> list[str]:
+        found: list[str] = []
+        start = 0
+        while len(found) < limit:
+            page = await self._client.zrevrange(
+                self._keys.agent_index(agent), start, start + LIST_PAGE_SIZE - 1
+            )
+            if not page:
+                break
+            async with self._client.pipeline(transaction=False) as pipe:
+                for job_id in page:
+                    pipe.hget(self._keys.job(job_id), "status")
+                statuses = await pipe.execute()
+            found.extend(job_id for job_id, value in zip(page, statuses, strict=True) if value == status)
+            start += LIST_PAGE_SIZE
+        return found[:limit]
+
+    async def _load_jobs(self, job_ids: list[str]) -> list[Job]:
+        if not job_ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self._keys.job(job_id))
+            records: list[dict[str, str]] = await pipe.execute()
+        return [Job.from_hash(record) for record in records if record]
+
+    async def stats(self, *, agent: str | None = None) -> Stats:
+        """Count jobs by status (for one agent or all) and by agent, and read the counters."""
+        if agent is not None:
+            agents = [agent]
+        else:
+            members: set[str] = await self._client.smembers(self._keys.agents)  # type: ignore[misc]
+            agents = sorted(members)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for status in JobStatus:
+                pipe.zcard(self._keys.status_index(status))
+            for name in agents:
+                pipe.hgetall(self._keys.agent_stats(name))
+            pipe.hgetall(self._keys.counters)
+            replies = await pipe.execute()
+        status_counts = replies[: len(JobStatus)]
+        agent_counts = replies[len(JobStatus) : len(JobStatus) + len(agents)]
+        by_agent = {
+            name: _full_status_counts(counts) for name, counts in zip(agents, agent_counts, strict=True)
+        }
+        if agent is not None:
+            by_status = by_agent[agent]
+        else:
+            by_status = {
+                status.value: int(count) for status, count in zip(JobStatus, status_counts, strict=True)
+            }
+        counters = {name: int(value) for name, value in replies[-1].items()}
+        return Stats(by_status=by_status, by_agent=by_agent, counters=counters)
+
+
+def _full_status_counts(counts: dict[str, str]) -> dict[str, int]:
+    return {status.value: int(counts.get(status.value, 0)) for status in JobStatus}
