@@ -1,0 +1,208 @@
+"""Daemon lifecycle: start in order, serve until a stop signal, stop in visible phases.
+
+Start: lock the state directory, start the embedded Redis when no URL is set, connect to Redis,
+load the Lua scripts, start the tracker and the arq worker, then open the socket.
+Stop (SIGTERM, SIGINT, or the injectable ``stop`` event): stop accepting and answer the lines
+already read, store what is pending, stop the worker, close the Redis pool, remove the socket,
+and stop the embedded Redis last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import uvloop
+from loguru import logger
+
+from orchestrator import __version__
+from orchestrator.connection import (
+    REDIS_DOWN_ERRORS,
+    create_client,
+    describe_address,
+    unreachable_message,
+)
+from orchestrator.embedded import EmbeddedRedis, find_redis_server
+from orchestrator.errors import RedisUnavailable, StateDirLocked
+from orchestrator.keys import Keys
+from orchestrator.server import SocketServer
+from orchestrator.settings import Settings, redact_url
+from orchestrator.store import JobStore
+from orchestrator.tracker import Tracker
+from orchestrator.worker import WorkerSupervisor
+
+REDIS_RETRY_INTERVAL_S = 0.25
+STATE_DIR_MODE = 0o750
+
+
+class Daemon:
+    """One orchestrator process. ``run()`` returns after a clean stop."""
+
+    def __init__(self, settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+        self.settings = settings
+        self.stop_event = stop or asyncio.Event()
+        self.ready = asyncio.Event()
+        self.embedded: EmbeddedRedis | None = None
+        self.server: SocketServer | None = None
+
+    async def run(self) -> None:
+        settings = self.settings
+        logger.info("openclaw-orchestrator {} starting (pid {})", __version__, os.getpid())
+        with _state_dir_lock(settings.state_dir):
+            await self._run_locked()
+        logger.info("openclaw-orchestrator stopped")
+
+    async def _run_locked(self) -> None:
+        settings = self.settings
+        async with self._redis_server() as url:
+            client = create_client(settings)
+            try:
+                await self._serve(client, url)
+            finally:
+                await client.aclose()
+                logger.info("closed the Redis connection pool")
+
+    async def _serve(self, client: aioredis.Redis, url: str) -> None:
+        settings = self.settings
+        await _wait_for_redis(client, settings)
+        store = JobStore(
+            client,
+            Keys(settings.key_prefix),
+            event_ttl_s=settings.event_ttl_s,
+            orphan_ttl_s=settings.orphan_ttl_s,
+            max_attempts=settings.max_attempts,
+        )
+        await store.load_scripts()
+        logger.info("connected to Redis at {} with key prefix {!r}", redact_url(url), settings.key_prefix)
+
+        tracker = Tracker(
+            store,
+            max_pending_events=settings.max_pending_events,
+            batch_max=settings.commit_batch_max,
+            task_max_chars=settings.task_max_chars,
+        )
+        tracker_task = asyncio.create_task(tracker.run(), name="tracker")
+        supervisor = WorkerSupervisor(settings, store)
+        worker_task = asyncio.create_task(supervisor.run(), name="arq-worker")
+        self.server = SocketServer(
+            tracker,
+            path=settings.resolved_socket_path,
+            mode=settings.socket_mode,
+            max_connections=settings.max_connections,
+            max_line_bytes=settings.max_line_bytes,
+        )
+        try:
+            await self.server.start()
+            self.ready.set()
+            logger.info("ready")
+            await self.stop_event.wait()
+            logger.info("stopping: phase 1 of 4, closing the socket and answering lines already read")
+            await self.server.stop(settings.shutdown_grace_s)
+            logger.info("stopping: phase 2 of 4, storing {} pending events", tracker.pending)
+            await _wait_bounded(tracker.drain(), settings.shutdown_grace_s, "pending events")
+        finally:
+            logger.info("stopping: phase 3 of 4, stopping the tracker and the arq worker")
+            tracker_task.cancel()
+            await supervisor.stop()
+            worker_task.cancel()
+            await asyncio.gather(tracker_task, worker_task, return_exceptions=True)
+            logger.info("stopping: phase 4 of 4, closing Redis connections")
+
+    @contextlib.asynccontextmanager
+    async def _redis_server(self) -> AsyncIterator[str]:
+        """Yield the Redis URL, running the embedded server around the block when none is set."""
+        settings = self.settings
+        if settings.redis_url is not None:
+            yield settings.redis_url
+            return
+        self.embedded = EmbeddedRedis(
+            binary=find_redis_server(settings.redis_server_path),
+            data_dir=settings.embedded_redis_dir,
+            socket_path=settings.embedded_redis_socket,
+        )
+        await self.embedded.start(settings.redis_startup_timeout_s)
+        try:
+            yield self.embedded.url
+        finally:
+            await self.embedded.stop()
+
+
+async def _wait_for_redis(client: aioredis.Redis, settings: Settings) -> None:
+    """Retry PING until Redis answers or ``redis_startup_timeout_s`` passes."""
+    url = settings.effective_redis_url
+    last_error: BaseException | None = None
+    logged = False
+    try:
+        async with asyncio.timeout(settings.redis_startup_timeout_s):
+            while True:
+                try:
+                    await client.ping()
+                    return
+                except REDIS_DOWN_ERRORS as e:
+                    last_error = e
+                    if not logged:
+                        logger.warning("waiting for Redis at {}: {}", describe_address(url), e)
+                        logged = True
+                await asyncio.sleep(REDIS_RETRY_INTERVAL_S)
+    except TimeoutError:
+        assert last_error is not None
+        raise RedisUnavailable(unreachable_message(settings, last_error)) from last_error
+
+
+async def _wait_bounded(awaitable: Awaitable[None], timeout_s: float, what: str) -> None:
+    try:
+        async with asyncio.timeout(timeout_s or None):
+            await awaitable
+    except TimeoutError:
+        logger.warning("gave up waiting for {} after {}s", what, timeout_s)
+
+
+@contextlib.contextmanager
+def _state_dir_lock(state_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the state directory so two daemons never share it."""
+    if not state_dir.exists():
+        state_dir.mkdir(parents=True, mode=STATE_DIR_MODE)
+    lock_path = state_dir / "daemon.lock"
+    handle = lock_path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StateDirLocked(
+            f"another orchestrator is running with state directory {state_dir} (it holds {lock_path}); "
+            "stop it first or set ORCH_STATE_DIR to another directory"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def run_daemon(settings: Settings) -> None:
+    """Run the daemon on uvloop until SIGTERM or SIGINT."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_run_with_signals(settings))
+
+
+async def _run_with_signals(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, stop, signum)
+    await Daemon(settings, stop=stop).run()
+
+
+def _on_signal(stop: asyncio.Event, signum: int) -> None:
+    logger.info("received {}; shutting down", signal.Signals(signum).name)
+    stop.set()

@@ -1,0 +1,172 @@
+"""The tracker: turns request lines into stored job effects and response lines.
+
+Parsing and mapping happen as a line arrives. Storage uses group commit: the committer task takes
+every event waiting from all connections, sends them to Redis in one pipeline, and resolves each
+event's future with its ack only after Redis has replied. One round trip then serves many events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from loguru import logger
+from redis.exceptions import NoScriptError
+
+from orchestrator.connection import REDIS_DOWN_ERRORS
+from orchestrator.jobs import Effect
+from orchestrator.openclaw import map_event
+from orchestrator.protocol import (
+    ErrorCode,
+    ProtocolError,
+    Request,
+    encode_ack,
+    encode_error,
+    parse_request,
+)
+from orchestrator.store import ApplyResult, JobStore
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: Request
+    effect: Effect
+    response: asyncio.Future[bytes]
+
+
+class Tracker:
+    """Validates, maps and stores events; one instance per daemon."""
+
+    def __init__(
+        self, store: JobStore, *, max_pending_events: int, batch_max: int, task_max_chars: int
+    ) -> None:
+        self._store = store
+        self._max_pending = max_pending_events
+        self._batch_max = batch_max
+        self._task_max_chars = task_max_chars
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+
+    @property
+    def pending(self) -> int:
+        """Events read but not yet answered by Redis."""
+        return self._queue.qsize()
+
+    def handle_line(self, line: bytes) -> asyncio.Future[bytes]:
+        """Return a future that resolves to the response line for one request line."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        try:
+            request = parse_request(line)
+            effect = map_event(request, task_max_chars=self._task_max_chars)
+        except ProtocolError as e:
+            logger.bind(event_id=e.event_id, code=e.code.value).info("rejected event: {}", e.message)
+            future.set_result(encode_error(e.event_id, e.code, e.message))
+            return future
+        if effect is None:
+            future.set_result(encode_ack(request.id, None, tracked=True))
+            return future
+        if self._queue.qsize() >= self._max_pending:
+            message = (
+                f"{self._queue.qsize()} events are waiting for storage (limit {self._max_pending}); "
+                "resend this event later"
+            )
+            logger.bind(event_id=request.id).warning("rejected event: {}", message)
+            future.set_result(encode_error(request.id, ErrorCode.OVERLOADED, message))
+            return future
+        self._queue.put_nowait(_Pending(request, effect, future))
+        return future
+
+    def reject_line(self, code: ErrorCode, message: str) -> asyncio.Future[bytes]:
+        """Return a resolved future with an error response for a line that was never parsed."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future.set_result(encode_error(None, code, message))
+        return future
+
+    async def run(self) -> None:
+        """Commit waiting events to Redis until cancelled."""
+        logger.info("tracker started")
+        try:
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self._batch_max and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                try:
+                    await self._commit(batch)
+                except Exception:
+                    logger.exception("storing a batch of {} events failed", len(batch))
+                    _fail_unanswered(batch, "the daemon failed to store the event; resend it")
+                finally:
+                    for _ in batch:
+                        self._queue.task_done()
+        finally:
+            logger.info("tracker stopped")
+
+    async def drain(self) -> None:
+        """Wait until every event accepted so far has its response."""
+        await self._queue.join()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        replies = await self._execute(batch)
+        if replies is None:
+            return
+        retry = [item for item, reply in zip(batch, replies, strict=True) if isinstance(reply, NoScriptError)]
+        if retry:
+            # Redis restarted and lost its script cache: load the script and run those events again.
+            logger.warning("Redis lost the Lua script cache; loading it again for {} events", len(retry))
+            await self._store.load_scripts()
+            await self._commit(retry)
+        for item, reply in zip(batch, replies, strict=True):
+            if not isinstance(reply, NoScriptError):
+                self._resolve(item, reply)
+
+    async def _execute(self, batch: list[_Pending]) -> list[object] | None:
+        at_ms = now_ms()
+        try:
+            async with self._store.client.pipeline(transaction=False) as pipe:
+                for item in batch:
+                    self._store.queue_apply(pipe, item.request.id, item.effect, at_ms)
+                replies: list[object] = await pipe.execute(raise_on_error=False)
+                return replies
+        except REDIS_DOWN_ERRORS as e:
+            logger.error("cannot store {} events, Redis is unavailable: {}", len(batch), e)
+            message = f"Redis is unavailable ({e}); the event was not recorded, resend it"
+            for item in batch:
+                item.response.set_result(encode_error(item.request.id, ErrorCode.INTERNAL, message))
+            return None
+
+    def _resolve(self, item: _Pending, reply: object) -> None:
+        event_id = item.request.id
+        if isinstance(reply, Exception):
+            logger.bind(event_id=event_id).error("storing event failed: {!r}", reply)
+            message = f"storing the event failed ({reply}); it was not recorded, resend it"
+            item.response.set_result(encode_error(event_id, ErrorCode.INTERNAL, message))
+            return
+        result = ApplyResult.from_reply(reply)  # type: ignore[arg-type]
+        _log_result(item.request, result)
+        item.response.set_result(encode_ack(event_id, result.job_id, tracked=True))
+
+
+def _fail_unanswered(batch: list[_Pending], message: str) -> None:
+    for item in batch:
+        if not item.response.done():
+            item.response.set_result(encode_error(item.request.id, ErrorCode.INTERNAL, message))
+
+
+def _log_result(request: Request, result: ApplyResult) -> None:
+    for change in result.transitions:
+        logger.bind(job_id=change.job_id, agent_id=change.agent_id, event_id=request.id).info(
+            "job {} {} -> {} (attempt {}): {}",
+            change.job_id,
+            change.from_status.value if change.from_status else "new",
+            change.to_status.value,
+            change.attempt,
+            change.reason,
+        )
+    if not result.transitions:
+        logger.bind(job_id=result.job_id, event_id=request.id).debug(
+            "event {} from {} {}: no status change", request.hook, request.source, result.outcome
+        )

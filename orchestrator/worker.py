@@ -1,0 +1,141 @@
+"""The in-process arq worker: task functions, their settings, and a supervisor that restarts it.
+
+arq's worker exits when its Redis connection drops, so ``WorkerSupervisor`` runs it in a loop and
+starts it again after an exponential backoff. arq jobs are serialized as JSON, never pickled.
+
+Task functions stay short and catch their own errors: arq treats an ordinary exception as final
+and has no hook for it, so each task logs what failed and leaves the next run to pick it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from arq.connections import RedisSettings
+from arq.cron import cron
+from arq.worker import Worker
+from loguru import logger
+
+from orchestrator.connection import REDIS_DOWN_ERRORS
+from orchestrator.jobs import JobStatus
+from orchestrator.settings import Settings
+from orchestrator.store import JobStore
+from orchestrator.tracker import now_ms
+
+PURGE_BATCH = 500
+PURGE_TIMEOUT_S = 120
+RESTART_BACKOFF_BASE_S = 1.0
+RESTART_BACKOFF_CAP_S = 30.0
+
+
+async def purge_expired(ctx: dict[str, Any]) -> int:
+    """Delete terminal jobs older than their retention; return how many were deleted."""
+    store: JobStore = ctx["store"]
+    settings: Settings = ctx["settings"]
+    retention_s = {
+        JobStatus.COMPLETED: settings.completed_ttl_s,
+        JobStatus.CANCELLED: settings.completed_ttl_s,
+        JobStatus.FAILED: settings.failed_ttl_s,
+    }
+    deleted = 0
+    try:
+        for status, ttl_s in retention_s.items():
+            deleted += await _purge_status(store, status, now_ms() - ttl_s * 1000)
+    except REDIS_DOWN_ERRORS as e:
+        logger.warning("retention purge stopped after {} jobs, Redis is unavailable: {}", deleted, e)
+        return deleted
+    if deleted:
+        logger.info("retention purge deleted {} expired jobs", deleted)
+    return deleted
+
+
+async def _purge_status(store: JobStore, status: JobStatus, before_ms: int) -> int:
+    deleted = 0
+    while job_ids := await store.job_ids_in_status_before(status, before_ms, PURGE_BATCH):
+        for job_id in job_ids:
+            deleted += int(await store.purge_job(job_id))
+    return deleted
+
+
+def arq_redis_settings(settings: Settings) -> RedisSettings:
+    """Build arq's connection settings from the same URL and password as the tracker."""
+    redis_settings = RedisSettings.from_dsn(settings.effective_redis_url)
+    password = settings.read_redis_password()
+    if password is not None:
+        redis_settings.password = password
+    redis_settings.conn_timeout = int(max(1, settings.redis_connect_timeout_s))
+    redis_settings.conn_retries = 0
+    return redis_settings
+
+
+def build_worker(settings: Settings, store: JobStore) -> Worker:
+    return Worker(
+        functions=[],
+        cron_jobs=[
+            cron(
+                purge_expired,
+                name="purge_expired",
+                minute=set(range(0, 60, 10)),
+                second=0,
+                timeout=PURGE_TIMEOUT_S,
+                run_at_startup=True,
+            ),
+        ],
+        queue_name=store.keys.arq_queue,
+        health_check_key=store.keys.arq_health_check,
+        redis_settings=arq_redis_settings(settings),
+        handle_signals=False,
+        job_serializer=orjson.dumps,
+        job_deserializer=orjson.loads,
+        ctx={"store": store, "settings": settings},
+        max_jobs=32,
+        keep_result=60,
+        log_results=False,
+    )
+
+
+class WorkerSupervisor:
+    """Runs the arq worker and restarts it when it exits with an error."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self._settings = settings
+        self._store = store
+        self._worker: Worker | None = None
+        self._stopping = asyncio.Event()
+        self.restarts = 0
+
+    async def run(self) -> None:
+        backoff_s = RESTART_BACKOFF_BASE_S
+        while not self._stopping.is_set():
+            self._worker = build_worker(self._settings, self._store)
+            logger.info("arq worker started on queue {}", self._store.keys.arq_queue)
+            try:
+                await self._worker.async_run()
+                backoff_s = RESTART_BACKOFF_BASE_S
+            except asyncio.CancelledError:
+                if self._stopping.is_set():
+                    break
+                raise
+            except Exception as e:
+                self.restarts += 1
+                logger.warning("arq worker stopped with {!r}; restarting it in {:.1f}s", e, backoff_s)
+                await self._close_worker()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff_s)
+                backoff_s = min(backoff_s * 2, RESTART_BACKOFF_CAP_S)
+        logger.info("arq worker stopped")
+
+    async def stop(self) -> None:
+        """Cancel running tasks and close the worker's Redis pool."""
+        self._stopping.set()
+        await self._close_worker()
+
+    async def _close_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        with contextlib.suppress(asyncio.CancelledError, *REDIS_DOWN_ERRORS):
+            await worker.close()
