@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -67,3 +68,25 @@ def configure_logging(*, level: str = "INFO", log_format: Literal["text", "json"
         logger.add(_json_sink, level=level, backtrace=False, diagnose=False)
     else:
         logger.add(sys.stderr, level=level, format=TEXT_FORMAT, backtrace=False, diagnose=False)
+
+
+class Throttle:
+    """Let a repeated log line through at most once per ``interval_s``, counting the ones held back.
+
+    ``ready()`` returns None while the line should stay quiet, or else the number of occurrences
+    since the last line that went out (this one included).
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._last_s = float("-inf")
+        self._count = 0
+
+    def ready(self) -> int | None:
+        self._count += 1
+        now_s = time.monotonic()
+        if now_s - self._last_s < self._interval_s:
+            return None
+        self._last_s = now_s
+        count, self._count = self._count, 0
+        return count

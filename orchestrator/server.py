@@ -19,12 +19,17 @@ from pathlib import Path
 from loguru import logger
 
 from orchestrator.errors import SocketInUse
+from orchestrator.logs import Throttle
 from orchestrator.protocol import ErrorCode, encode_error
 from orchestrator.tracker import Tracker
 
 READ_CHUNK_BYTES = 64 * 1024
 MAX_INFLIGHT_PER_CONNECTION = 1024
 SOCKET_DIR_MODE = 0o750
+# Connections the kernel queues before accept(); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+REFUSE_LINGER_S = 2.0
+_REFUSAL_LOG = Throttle(interval_s=10.0)
 
 
 class LineTooLong:
@@ -107,7 +112,7 @@ class SocketServer:
         """Bind the socket, replacing a stale file but never a live daemon's socket."""
         prepare_socket_path(self._path)
         self._server = await asyncio.start_unix_server(
-            self._accept, path=str(self._path), limit=READ_CHUNK_BYTES
+            self._accept, path=str(self._path), limit=READ_CHUNK_BYTES, backlog=LISTEN_BACKLOG
         )
         os.chmod(self._path, self._mode)
         logger.info("listening on {} (mode {:04o})", self._path, self._mode)
@@ -141,7 +146,7 @@ class SocketServer:
         self._next_connection_id += 1
         connection_id = self._next_connection_id
         if len(self._connections) >= self._max_connections:
-            await _refuse(writer, connection_id, self._max_connections)
+            await _refuse(reader, writer, connection_id, self._max_connections)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -209,14 +214,23 @@ async def _write_responses(
             logger.bind(connection=connection_id).info("client went away before its acks were written: {}", e)
 
 
-async def _refuse(writer: asyncio.StreamWriter, connection_id: int, limit: int) -> None:
-    logger.bind(connection=connection_id).warning(
-        "refused a connection: {} connections are open, the limit", limit
-    )
+async def _refuse(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection_id: int, limit: int
+) -> None:
+    if (count := _REFUSAL_LOG.ready()) is not None:
+        logger.bind(connection=connection_id).warning(
+            "refused {} connections: {} are open, the limit (ORCH_MAX_CONNECTIONS)", count, limit
+        )
     message = f"too many connections ({limit} open, the limit); retry later or raise ORCH_MAX_CONNECTIONS"
-    with contextlib.suppress(ConnectionError, OSError):
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
         writer.write(encode_error(None, ErrorCode.OVERLOADED, message))
+        writer.write_eof()
         await writer.drain()
+        # Closing with unread input makes the kernel reset the connection, and the client would
+        # lose the error frame; so read what the client already sent, for a bounded time.
+        async with asyncio.timeout(REFUSE_LINGER_S):
+            while await reader.read(READ_CHUNK_BYTES):
+                pass
     writer.close()
     with contextlib.suppress(ConnectionError, OSError):
         await writer.wait_closed()

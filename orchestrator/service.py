@@ -50,6 +50,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.embedded: EmbeddedRedis | None = None
         self.server: SocketServer | None = None
+        self.tracker: Tracker | None = None
 
     async def run(self) -> None:
         settings = self.settings
@@ -81,7 +82,7 @@ class Daemon:
         await store.load_scripts()
         logger.info("connected to Redis at {} with key prefix {!r}", redact_url(url), settings.key_prefix)
 
-        tracker = Tracker(
+        tracker = self.tracker = Tracker(
             store,
             max_pending_events=settings.max_pending_events,
             batch_max=settings.commit_batch_max,

@@ -16,6 +16,7 @@ from redis.exceptions import NoScriptError
 
 from orchestrator.connection import REDIS_DOWN_ERRORS
 from orchestrator.jobs import Effect
+from orchestrator.logs import Throttle
 from orchestrator.openclaw import map_event
 from orchestrator.protocol import (
     ErrorCode,
@@ -50,11 +51,18 @@ class Tracker:
         self._batch_max = batch_max
         self._task_max_chars = task_max_chars
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._in_flight = 0
+        self._redis_down_log = Throttle(interval_s=10.0)
 
     @property
     def pending(self) -> int:
-        """Events read but not yet answered by Redis."""
+        """Events waiting for the committer."""
         return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        """Events sent to Redis whose reply has not arrived yet."""
+        return self._in_flight
 
     def handle_line(self, line: bytes) -> asyncio.Future[bytes]:
         """Return a future that resolves to the response line for one request line."""
@@ -94,12 +102,14 @@ class Tracker:
                 batch = [await self._queue.get()]
                 while len(batch) < self._batch_max and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
+                self._in_flight = len(batch)
                 try:
                     await self._commit(batch)
                 except Exception:
                     logger.exception("storing a batch of {} events failed", len(batch))
                     _fail_unanswered(batch, "the daemon failed to store the event; resend it")
                 finally:
+                    self._in_flight = 0
                     for _ in batch:
                         self._queue.task_done()
         finally:
@@ -132,7 +142,8 @@ class Tracker:
                 replies: list[object] = await pipe.execute(raise_on_error=False)
                 return replies
         except REDIS_DOWN_ERRORS as e:
-            logger.error("cannot store {} events, Redis is unavailable: {}", len(batch), e)
+            if (count := self._redis_down_log.ready()) is not None:
+                logger.error("cannot store events, Redis is unavailable ({} batches failed): {}", count, e)
             message = f"Redis is unavailable ({e}); the event was not recorded, resend it"
             for item in batch:
                 item.response.set_result(encode_error(item.request.id, ErrorCode.INTERNAL, message))

@@ -39,7 +39,9 @@ def sample(scenario_start: str) -> dict[str, Any]:
     return found[0]
 
 
-def trim(hook: str, event: dict[str, Any], ctx: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def trim(
+    hook: str, event: dict[str, Any], ctx: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Trim a payload the way the bridge plugin does before sending it."""
     event = copy.deepcopy(event)
     ctx = copy.deepcopy(ctx or {})

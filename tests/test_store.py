@@ -93,7 +93,11 @@ def _run_shuffled(redis_url: str, frames: list[dict[str, Any]]) -> dict[str, Any
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(order=st.permutations(range(4)), copies=st.lists(st.integers(1, 3), min_size=4, max_size=4), data=st.data())
+@given(
+    order=st.permutations(range(4)),
+    copies=st.lists(st.integers(1, 3), min_size=4, max_size=4),
+    data=st.data(),
+)
 def test_any_order_and_duplicates_give_same_record(
     redis_server: RedisProcess, order: list[int], copies: list[int], data: st.DataObject
 ) -> None:
@@ -183,7 +187,7 @@ async def test_killed_child_is_cancelled(store: JobStore, outcome: str) -> None:
 
 
 async def test_terminal_job_ignores_later_events(store: JobStore) -> None:
-    spawned, tool_call, child_end, ended = spawn_lifecycle()
+    spawned, _, _, ended = spawn_lifecycle()
     for data in (spawned, ended):
         await apply_frame(store, data)
     late = dict(ended, id="late-error")
