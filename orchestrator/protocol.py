@@ -48,7 +48,7 @@ HOOKS_BY_TYPE: dict[EventType, frozenset[str]] = {
 
 
 class ProtocolError(Exception):
-    """A request line that cannot be accepted, with the error code to answer it with."""
+    """A request line that cannot be accepted, with the error code of its response."""
 
     def __init__(self, code: ErrorCode, message: str, event_id: str | None = None) -> None:
         super().__init__(message)

@@ -79,7 +79,7 @@ async def read_lines(reader: asyncio.StreamReader, max_line_bytes: int) -> Async
 
 
 class SocketServer:
-    """Accepts plugin connections on a Unix socket and answers every line."""
+    """Unix socket server that responds to every line of the plugin's connections."""
 
     def __init__(
         self,
@@ -118,7 +118,7 @@ class SocketServer:
         logger.info("listening on {} (mode {:04o})", self._path, self._mode)
 
     async def stop(self, grace_s: float) -> None:
-        """Stop accepting, answer the lines already read, then close every connection."""
+        """Stop accepting, respond to the lines already read, then close every connection."""
         if self._server is not None:
             self._server.close()
             logger.info("stopped accepting connections on {}", self._path)
@@ -226,8 +226,8 @@ async def _refuse(
         writer.write(encode_error(None, ErrorCode.OVERLOADED, message))
         writer.write_eof()
         await writer.drain()
-        # Closing with unread input makes the kernel reset the connection, and the client would
-        # lose the error frame; so read what the client already sent, for a bounded time.
+        # Closing a socket with unread input makes the kernel reset the connection, which would
+        # discard the error frame. So read what the client already sent, for a bounded time.
         async with asyncio.timeout(REFUSE_LINGER_S):
             while await reader.read(READ_CHUNK_BYTES):
                 pass

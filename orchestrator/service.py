@@ -2,7 +2,7 @@
 
 Start: lock the state directory, start the embedded Redis when no URL is set, connect to Redis,
 load the Lua scripts, start the tracker and the arq worker, then open the socket.
-Stop (SIGTERM, SIGINT, or the injectable ``stop`` event): stop accepting and answer the lines
+Stop (SIGTERM, SIGINT, or the injectable ``stop`` event): stop accepting and respond to the lines
 already read, store what is pending, stop the worker, close the Redis pool, remove the socket,
 and stop the embedded Redis last.
 """
@@ -103,7 +103,7 @@ class Daemon:
             self.ready.set()
             logger.info("ready")
             await self.stop_event.wait()
-            logger.info("stopping: phase 1 of 4, closing the socket and answering lines already read")
+            logger.info("stopping: phase 1 of 4, closing the socket and responding to lines already read")
             await self.server.stop(settings.shutdown_grace_s)
             logger.info("stopping: phase 2 of 4, storing {} pending events", tracker.pending)
             await _wait_bounded(tracker.drain(), settings.shutdown_grace_s, "pending events")
@@ -135,7 +135,7 @@ class Daemon:
 
 
 async def _wait_for_redis(client: aioredis.Redis, settings: Settings) -> None:
-    """Retry PING until Redis answers or ``redis_startup_timeout_s`` passes."""
+    """Send PING until Redis responds or ``redis_startup_timeout_s`` passes."""
     url = settings.effective_redis_url
     last_error: BaseException | None = None
     logged = False

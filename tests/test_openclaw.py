@@ -57,7 +57,7 @@ def test_child_agent_end_announces_spawn() -> None:
 
 
 def test_provider_error_in_agent_end_is_a_failure() -> None:
-    # success stays true on provider errors; the last assistant stopReason says "error".
+    # success stays true on provider errors; the last assistant stopReason is "error".
     effect = effect_of(sample("provider failure (HTTP 500): agent_end"))
     assert effect.fields["last_error"] == "500 mock failure"
     assert effect.status_by_kind[JobKind.SEND] is JobStatus.RETRYING

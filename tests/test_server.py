@@ -256,7 +256,7 @@ async def test_stale_socket_file_is_replaced(settings: Settings) -> None:
     path = settings.resolved_socket_path
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(path))
-    dead.close()  # the file stays, nobody listens
+    dead.close()  # the file stays, but no process listens
     running, task = await start_daemon(settings)
     try:
         client = await WireClient.connect(path)

@@ -209,7 +209,7 @@ async def test_event_about_another_run_is_stale(store: JobStore) -> None:
     assert (await store.get_job(job_id or "")).status is JobStatus.ACTIVE
 
 
-async def test_subagent_ended_for_a_send_run_waits_for_the_send(store: JobStore) -> None:
+async def test_send_run_end_waits_for_send_job(store: JobStore) -> None:
     # A sessions_send into a child session ends with subagent_ended carrying the send's run id.
     spawned, _, _, _ = spawn_lifecycle()
     spawn_id = (await apply_frame(store, spawned)).job_id
