@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -34,6 +42,16 @@ def default_state_dir() -> Path:
     return Path(base) / "openclaw-orchestrator"
 
 
+class AgentPolicy(BaseModel):
+    """Retry policy of one agent; unset fields fall back to the global settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    retry_base_s: float | None = Field(default=None, gt=0)
+    retry_cap_s: float | None = Field(default=None, gt=0)
+
+
 class Settings(BaseSettings):
     """All configuration of the daemon and the CLI."""
 
@@ -52,6 +70,10 @@ class Settings(BaseSettings):
     redis_server_path: Path | None = Field(
         default=None, description="redis-server binary for the embedded mode; default: PATH lookup"
     )
+    redis_username: str | None = Field(default=None, description="Redis ACL user name")
+    redis_tls_ca_file: Path | None = Field(default=None, description="CA bundle for rediss:// servers")
+    redis_tls_cert_file: Path | None = Field(default=None, description="client certificate for rediss://")
+    redis_tls_key_file: Path | None = Field(default=None, description="client key for rediss://")
     redis_connect_timeout_s: float = Field(default=5.0, gt=0)
     redis_startup_timeout_s: float = Field(
         default=30.0, gt=0, description="how long serve waits for Redis to answer at start"
@@ -84,6 +106,13 @@ class Settings(BaseSettings):
     task_max_chars: int = Field(
         default=65_536, ge=256, description="longest task or message text stored for re-dispatch"
     )
+    agent_policies: dict[str, AgentPolicy] = Field(
+        default_factory=dict,
+        description="per-agent overrides of max_attempts, retry_base_s and retry_cap_s, keyed by agent id",
+    )
+    dispatch_timeout_s: float = Field(
+        default=60.0, gt=0, description="timeout of one re-dispatch call to the gateway"
+    )
     completed_ttl_s: int = Field(
         default=7 * DAY_S, ge=60, description="retention of completed and cancelled jobs"
     )
@@ -94,6 +123,45 @@ class Settings(BaseSettings):
     gateway_url: str = Field(default="ws://127.0.0.1:18789")
     gateway_token: SecretStr | None = None
     gateway_token_file: Path | None = None
+
+    # Dead-letter alerts
+    alert_webhook_url: str | None = Field(
+        default=None, description="HTTP(S) URL that receives a JSON POST per dead letter"
+    )
+    alert_webhook_timeout_s: float = Field(default=10.0, gt=0)
+    alert_max_tries: int = Field(
+        default=8, ge=1, le=100, description="delivery tries per alert sink before giving up"
+    )
+    alert_session_key: str | None = Field(
+        default=None, description="OpenClaw session that receives a chat message per dead letter"
+    )
+    alert_to_requester: bool = Field(
+        default=False, description="also message the session of the agent that delegated the failed work"
+    )
+    alert_task_max_chars: int = Field(default=500, ge=20, description="task text included in an alert")
+
+    # Redis outages
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, description="consecutive Redis failures that open the breaker"
+    )
+    breaker_reset_timeout_s: float = Field(
+        default=30.0, gt=0, description="time open before one trial operation"
+    )
+    spool_path: Path | None = Field(
+        default=None, description="local spool file; default STATE_DIR/spool.ndjson"
+    )
+    spool_max_bytes: int = Field(
+        default=256 * MIB, ge=MIB, description="spool size at which new events are rejected"
+    )
+    spool_fsync: Literal["always", "interval", "never"] = Field(
+        default="always", description="fsync after every spool write, at most once a second, or never"
+    )
+
+    # Observability
+    http_host: str = Field(
+        default="127.0.0.1", description="address of the /healthz, /readyz and /metrics listener"
+    )
+    http_port: int = Field(default=9464, ge=0, le=65_535, description="port of that listener; 0 turns it off")
 
     # Lifecycle and logging
     shutdown_grace_s: float = Field(default=10.0, ge=0)
