@@ -33,3 +33,7 @@ class EmbeddedRedisError(OrchestratorError):
 
 class StateDirLocked(OrchestratorError):
     """Another live daemon holds the lock on the state directory."""
+
+
+class JobStateError(OrchestratorError):
+    """The job exists but its status does not allow the requested action."""

@@ -2,7 +2,7 @@
 
 A job is one unit of delegated work: a ``sessions_spawn`` call and the child run it started, or a
 ``sessions_send`` call. This module is the only place that says which status may follow which;
-``store`` renders ``TRANSITIONS`` into the Lua script that applies them atomically.
+``store`` renders both transition tables into the Lua scripts that apply them atomically.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ class JobStatus(StrEnum):
 
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
-# Allowed transitions. Events only ever move a job forward within one attempt, so applying the
-# events of one attempt in any order ends in the same status. Only the daemon moves a job back to
-# QUEUED: when it re-dispatches a RETRYING job, or when an operator re-drives a FAILED one.
-TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+# Transitions a gateway event may cause. Events only ever move a job forward within one attempt,
+# so applying the events of one attempt in any order ends in the same status.
+EVENT_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset(
         {
             JobStatus.ACTIVE,
@@ -56,15 +55,29 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.ANNOUNCING: frozenset(
         {JobStatus.RETRYING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
     ),
-    JobStatus.RETRYING: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RETRYING: frozenset({JobStatus.CANCELLED}),
     JobStatus.COMPLETED: frozenset(),
-    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+# Transitions only the daemon makes: a re-dispatch claims a RETRYING job (QUEUED), the gateway
+# accepts it (ACTIVE) or the call fails (RETRYING, or FAILED when attempts are spent), and an
+# operator re-drives a FAILED job (RETRYING, attempts reset).
+DAEMON_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.ACTIVE, JobStatus.RETRYING, JobStatus.FAILED}),
+    JobStatus.ACTIVE: frozenset(),
+    JobStatus.ANNOUNCING: frozenset(),
+    JobStatus.RETRYING: frozenset({JobStatus.QUEUED}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.RETRYING}),
     JobStatus.CANCELLED: frozenset(),
 }
 
 
-def can_transition(old: JobStatus, new: JobStatus) -> bool:
-    return new in TRANSITIONS[old]
+def can_transition(old: JobStatus, new: JobStatus, *, by_daemon: bool = False) -> bool:
+    table = DAEMON_TRANSITIONS if by_daemon else EVENT_TRANSITIONS
+    return new in table[old]
 
 
 # Job fields an event may fill in. Status, attempts and timestamps belong to the store.
@@ -86,6 +99,15 @@ EVENT_FIELDS = frozenset(
         "outcome",
     }
 )
+
+# Prefix of the run ids (and gateway idempotency keys) of re-dispatches; the full key is
+# ``orch-<job id>-<dispatch number>``, so a repeated call for the same dispatch reuses it.
+DISPATCH_KEY_PREFIX = "orch"
+
+
+def dispatch_key(job_id: str, dispatch_number: int) -> str:
+    """Return the idempotency key, and so the run id, of one re-dispatch of a job."""
+    return f"{DISPATCH_KEY_PREFIX}-{job_id}-{dispatch_number}"
 
 
 def ms_to_iso(ms: int | None) -> str | None:
@@ -156,6 +178,8 @@ class Job:
     last_error: str | None = None
     outcome: str | None = None
     next_retry_at_ms: int | None = None
+    dispatches: int = 0
+    failures: int = 0
     events: int = 0
     history: tuple[HistoryEntry, ...] = field(default=())
 
@@ -176,7 +200,7 @@ class Job:
             kind=JobKind(data["kind"]),
             status=JobStatus(data["status"]),
             agent_id=data.get("agent_id") or "unknown",
-            attempts=number("attempts") or 1,
+            attempts=_or_default(number("attempts"), 1),
             max_attempts=number("max_attempts") or 1,
             created_at_ms=number("created_at") or 0,
             updated_at_ms=number("updated_at") or 0,
@@ -194,6 +218,8 @@ class Job:
             last_error=text("last_error"),
             outcome=text("outcome"),
             next_retry_at_ms=number("next_retry_at"),
+            dispatches=number("dispatches") or 0,
+            failures=number("failures") or 0,
             events=number("events") or 0,
             history=history,
         )
@@ -227,6 +253,7 @@ class Job:
             "task": self.task,
             "last_error": self.last_error,
             "outcome": self.outcome,
+            "dispatches": self.dispatches,
             "events": self.events,
         }
         if with_history:
@@ -275,3 +302,7 @@ class Effect:
         if self.gateway_fields is not None:
             wire["gateway"] = self.gateway_fields
         return wire
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value

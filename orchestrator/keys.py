@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Identifier kinds that map an OpenClaw id to a job id (one hash per kind).
-REF_KINDS = ("tool_call", "child_session", "run")
+REF_KINDS = ("tool_call", "child_session", "run", "label")
 
 # Templates: "{p}" is the prefix; the other placeholder is the variable part.
 _TEMPLATES = {
@@ -25,6 +25,12 @@ _TEMPLATES = {
     "event": "{p}:event:{id}",  # string: stored ack of an event id (TTL event_ttl_s)
     "orphan": "{p}:orphan:{kind}:{ref}",  # list: events waiting for their job (TTL orphan_ttl_s)
     "gateway": "{p}:gateway:{source}",  # hash: last start/stop seen from one gateway
+    # zset: work to hand to arq for one gateway, by time added (ms). Members are "retry|<job id>"
+    # and "alert|<job id>|<failure number>"; the relay removes each after enqueueing it.
+    "outbox": "{p}:outbox:{source}",
+    "alert_sent": "{p}:alert_sent:{id}:{n}:{sink}",  # string: one alert was delivered to a sink
+    "arq_queue": "{p}:arq:queue:{source}",  # zset: the arq queue of one gateway's daemon
+    "arq_health_check": "{p}:arq:health-check:{source}",  # string: arq's health-check record
     "all_jobs": "{p}:jobs",  # zset: every job id by created_at (ms)
     "agents": "{p}:agents",  # set: every agent id that has jobs
     "counters": "{p}:counters",  # hash: event and transition counters
@@ -49,14 +55,18 @@ class Keys:
     def counters(self) -> str:
         return _TEMPLATES["counters"].format(p=self.prefix)
 
-    @property
-    def arq_queue(self) -> str:
-        """Name of the arq queue (a zset). arq's own job and result keys use its fixed ``arq:`` prefix."""
-        return f"{self.prefix}:arq:queue"
+    def arq_queue(self, source: str) -> str:
+        """Return the arq queue of one gateway; arq's job and result keys use its fixed ``arq:`` prefix."""
+        return _TEMPLATES["arq_queue"].format(p=self.prefix, source=source)
 
-    @property
-    def arq_health_check(self) -> str:
-        return f"{self.prefix}:arq:health-check"
+    def arq_health_check(self, source: str) -> str:
+        return _TEMPLATES["arq_health_check"].format(p=self.prefix, source=source)
+
+    def outbox(self, source: str) -> str:
+        return _TEMPLATES["outbox"].format(p=self.prefix, source=source)
+
+    def alert_sent(self, job_id: str, failure: int, sink: str) -> str:
+        return _TEMPLATES["alert_sent"].format(p=self.prefix, id=job_id, n=failure, sink=sink)
 
     def job(self, job_id: str) -> str:
         return _TEMPLATES["job"].format(p=self.prefix, id=job_id)

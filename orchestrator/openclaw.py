@@ -15,6 +15,7 @@ Rules that are not obvious from the payloads:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from orchestrator.jobs import Effect, JobKind, JobStatus
@@ -48,13 +49,17 @@ SEND_STATUSES: dict[str, JobStatus] = {
 }
 
 
-def map_event(request: Request, *, task_max_chars: int) -> Effect | None:
+def map_event(request: Request, *, task_max_chars: int, owner: str | None = None) -> Effect | None:
     """Return the effect of one request, or None for a ping.
 
+    ``owner`` is the gateway id of the daemon that received the event: its jobs are re-dispatched
+    through that daemon's gateway. Without it the frame's ``source`` field is used.
     Raises ``ProtocolError`` with ``invalid_event`` when the payload lacks what its hook needs.
     """
     if request.type is EventType.PING:
         return None
+    if owner is not None and owner != request.source:
+        request = dataclasses.replace(request, source=owner)
     event, ctx = request.event, request.ctx
     match request.hook:
         case "after_tool_call":
@@ -178,7 +183,10 @@ def _map_subagent_spawned(event: dict[str, Any], ctx: dict[str, Any], source: st
     )
     run_id = _require(_text(event, "runId") or _text(ctx, "runId"), "event.runId")
     requester = _text(ctx, "requesterSessionKey")
+    label = _text(event, "label")
     refs = (("child_session", child_session_key), ("run", run_id))
+    # A spawn the daemon made again carries its dispatch key in the label, indexed beforehand.
+    lookup = (*refs, ("label", label)) if label else refs
     fields = _drop_empty(
         agent_id=_agent_of(requester),
         source=source,
@@ -193,7 +201,7 @@ def _map_subagent_spawned(event: dict[str, Any], ctx: dict[str, Any], source: st
         hook="subagent_spawned",
         reason="subagent_spawned",
         create_kind=JobKind.SPAWN,
-        lookup=refs,
+        lookup=lookup,
         link=refs,
         fields=fields,
         status_by_kind={JobKind.SPAWN: JobStatus.ACTIVE},

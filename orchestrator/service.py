@@ -15,27 +15,35 @@ import fcntl
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import redis.asyncio as aioredis
 import uvloop
+from arq.connections import ArqRedis, create_pool
 from loguru import logger
 
 from orchestrator import __version__
+from orchestrator.alerts import build_sinks
 from orchestrator.connection import (
     REDIS_DOWN_ERRORS,
     create_client,
     describe_address,
     unreachable_message,
 )
+from orchestrator.dispatch import Dispatcher
 from orchestrator.embedded import EmbeddedRedis, find_redis_server
 from orchestrator.errors import RedisUnavailable, StateDirLocked
+from orchestrator.gateway import GatewayClient
 from orchestrator.keys import Keys
+from orchestrator.outbox import OutboxRelay
+from orchestrator.retry import RetryPolicies
 from orchestrator.server import SocketServer
 from orchestrator.settings import Settings, redact_url
 from orchestrator.store import JobStore
 from orchestrator.tracker import Tracker
-from orchestrator.worker import WorkerSupervisor
+from orchestrator.worker import WorkerSupervisor, arq_redis_settings
 
 REDIS_RETRY_INTERVAL_S = 0.25
 STATE_DIR_MODE = 0o750
@@ -78,19 +86,21 @@ class Daemon:
             event_ttl_s=settings.event_ttl_s,
             orphan_ttl_s=settings.orphan_ttl_s,
             max_attempts=settings.max_attempts,
+            agent_max_attempts=_agent_max_attempts(settings),
         )
         await store.load_scripts()
         logger.info("connected to Redis at {} with key prefix {!r}", redact_url(url), settings.key_prefix)
 
+        retries = await RetryComponents.start(settings, store)
         tracker = self.tracker = Tracker(
             store,
             max_pending_events=settings.max_pending_events,
             batch_max=settings.commit_batch_max,
             task_max_chars=settings.task_max_chars,
+            owner=settings.gateway_id,
+            on_outbox=retries.relay.wake,
         )
         tracker_task = asyncio.create_task(tracker.run(), name="tracker")
-        supervisor = WorkerSupervisor(settings, store)
-        worker_task = asyncio.create_task(supervisor.run(), name="arq-worker")
         self.server = SocketServer(
             tracker,
             path=settings.resolved_socket_path,
@@ -108,11 +118,10 @@ class Daemon:
             logger.info("stopping: phase 2 of 4, storing {} pending events", tracker.pending)
             await _wait_bounded(tracker.drain(), settings.shutdown_grace_s, "pending events")
         finally:
-            logger.info("stopping: phase 3 of 4, stopping the tracker and the arq worker")
+            logger.info("stopping: phase 3 of 4, stopping the tracker, the outbox relay and the arq worker")
             tracker_task.cancel()
-            await supervisor.stop()
-            worker_task.cancel()
-            await asyncio.gather(tracker_task, worker_task, return_exceptions=True)
+            await asyncio.gather(tracker_task, return_exceptions=True)
+            await retries.stop()
             logger.info("stopping: phase 4 of 4, closing Redis connections")
 
     @contextlib.asynccontextmanager
@@ -188,6 +197,67 @@ def _state_dir_lock(state_dir: Path) -> Iterator[None]:
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _agent_max_attempts(settings: Settings) -> dict[str, int]:
+    policies = RetryPolicies(settings)
+    return {agent: policies.for_agent(agent).max_attempts for agent in settings.agent_policies}
+
+
+@dataclass(slots=True)
+class RetryComponents:
+    """The gateway client, the arq worker and the outbox relay: everything that re-runs work."""
+
+    gateway: GatewayClient | None
+    pool: ArqRedis
+    relay: OutboxRelay
+    supervisor: WorkerSupervisor
+    tasks: list[asyncio.Task[None]]
+
+    @classmethod
+    async def start(cls, settings: Settings, store: JobStore) -> RetryComponents:
+        token = settings.read_gateway_token()
+        gateway = None
+        if token is None:
+            logger.warning(
+                "no gateway token is configured (ORCH_GATEWAY_TOKEN or ORCH_GATEWAY_TOKEN_FILE): failed "
+                "work cannot be re-dispatched and will be dead-lettered"
+            )
+        else:
+            gateway = GatewayClient(settings.gateway_url, token, call_timeout_s=settings.dispatch_timeout_s)
+        sinks = build_sinks(settings, gateway)
+        logger.info("dead-letter alerts go to the log{}", "".join(f" and {name}" for name in sinks))
+        queue = store.keys.arq_queue(settings.gateway_id)
+        pool = await create_pool(
+            arq_redis_settings(settings),
+            job_serializer=orjson.dumps,
+            job_deserializer=orjson.loads,
+            default_queue_name=queue,
+        )
+        relay = OutboxRelay(
+            store,
+            pool,
+            source=settings.gateway_id,
+            policies=RetryPolicies(settings),
+            sink_names=list(sinks),
+            alert_task_max_chars=settings.alert_task_max_chars,
+        )
+        dispatcher = Dispatcher(store, gateway, timeout_s=settings.dispatch_timeout_s)
+        supervisor = WorkerSupervisor(settings, store, {"dispatcher": dispatcher, "alert_sinks": sinks})
+        tasks = [
+            asyncio.create_task(supervisor.run(), name="arq-worker"),
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+        ]
+        return cls(gateway=gateway, pool=pool, relay=relay, supervisor=supervisor, tasks=tasks)
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.pool.aclose()
+        if self.gateway is not None:
+            await self.gateway.close()
 
 
 def run_daemon(settings: Settings) -> None:

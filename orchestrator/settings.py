@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     alert_max_tries: int = Field(
         default=8, ge=1, le=100, description="delivery tries per alert sink before giving up"
     )
+    alert_retry_base_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="wait after the first failed alert delivery; doubles per try, capped at 300 s",
+    )
     alert_session_key: str | None = Field(
         default=None, description="OpenClaw session that receives a chat message per dead letter"
     )

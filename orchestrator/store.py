@@ -17,37 +17,33 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from orchestrator.errors import JobNotFound
-from orchestrator.jobs import TRANSITIONS, Effect, HistoryEntry, Job, JobStatus
+from orchestrator.errors import JobNotFound, JobStateError
+from orchestrator.jobs import DAEMON_TRANSITIONS, EVENT_TRANSITIONS, Effect, HistoryEntry, Job, JobStatus
 from orchestrator.keys import REF_KINDS, Keys, lua_key_functions
 
 LIST_PAGE_SIZE = 500
 
 
-def _read_script(name: str) -> str:
-    source = resources.files("orchestrator").joinpath(name).read_text("utf-8")
-    return source.replace("--@KEY_FUNCTIONS@", lua_key_functions())
-
-
-def render_purge_script() -> str:
-    """Return the Lua source that deletes one job and everything that points at it."""
-    return _read_script("purge_job.lua")
-
-
-def render_apply_script() -> str:
-    """Return the Lua source with the key builders and the transition table filled in."""
-    source = _read_script("apply_event.lua")
+def _lua_table(name: str, table: dict[JobStatus, frozenset[JobStatus]], *, allow_new: bool) -> str:
     rows = []
-    for old in [None, *JobStatus]:
-        targets = sorted(TRANSITIONS[old]) if old is not None else [JobStatus.QUEUED]
-        allowed = ", ".join(f"{target.value} = true" for target in targets)
-        rows.append(f"  [{_lua_string(old.value if old else '')}] = {{{allowed}}},")
-    table = "local ALLOWED = {\n" + "\n".join(rows) + "\n}"
-    return source.replace("--@ALLOWED@", table)
+    for old, targets in table.items():
+        allowed = ", ".join(f"{target.value} = true" for target in sorted(targets))
+        rows.append(f"  ['{old.value}'] = {{{allowed}}},")
+    if allow_new:
+        rows.append("  [''] = {queued = true},")
+    return f"local {name} = {{\n" + "\n".join(rows) + "\n}"
 
 
-def _lua_string(text: str) -> str:
-    return "'" + text + "'"
+def render_script(name: str) -> str:
+    """Return a Lua script with the key builders, transition tables and helpers filled in."""
+    package = resources.files("orchestrator")
+    source = package.joinpath(name).read_text("utf-8")
+    return (
+        source.replace("--@LIB@", package.joinpath("lib.lua").read_text("utf-8"))
+        .replace("--@KEY_FUNCTIONS@", lua_key_functions())
+        .replace("--@ALLOWED@", _lua_table("ALLOWED", EVENT_TRANSITIONS, allow_new=True))
+        .replace("--@ALLOWED_DAEMON@", _lua_table("ALLOWED_DAEMON", DAEMON_TRANSITIONS, allow_new=False))
+    )
 
 
 def new_job_id() -> str:
@@ -67,6 +63,42 @@ class Transition:
     reason: str
 
 
+def parse_transitions(raw_json: str) -> tuple[Transition, ...]:
+    """Decode the transitions a Lua script returned (cjson encodes an empty list as ``{}``)."""
+    raw = orjson.loads(raw_json)
+    items = raw if isinstance(raw, list) else []
+    return tuple(
+        Transition(
+            job_id=item["job_id"],
+            agent_id=item["agent_id"],
+            from_status=JobStatus(item["from"]) if item["from"] else None,
+            to_status=JobStatus(item["to"]),
+            attempt=int(item["attempt"]),
+            reason=item["reason"],
+        )
+        for item in items
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The result of claiming a job for one re-dispatch (see ``claim_dispatch.lua``)."""
+
+    verdict: str  # claimed, resume or skip
+    job: Job | None
+    status: str | None
+    transitions: tuple[Transition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOutcome:
+    """The result of recording a re-dispatch call (see ``finish_dispatch.lua``)."""
+
+    verdict: str  # done or skip
+    status: str
+    transitions: tuple[Transition, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     """What applying one event did."""
@@ -78,20 +110,7 @@ class ApplyResult:
     @classmethod
     def from_reply(cls, reply: list[str]) -> ApplyResult:
         ack = orjson.loads(reply[0])
-        raw = orjson.loads(reply[1])
-        # cjson encodes an empty Lua table as {}.
-        items = raw if isinstance(raw, list) else []
-        transitions = tuple(
-            Transition(
-                job_id=item["job_id"],
-                agent_id=item["agent_id"],
-                from_status=JobStatus(item["from"]) if item["from"] else None,
-                to_status=JobStatus(item["to"]),
-                attempt=int(item["attempt"]),
-                reason=item["reason"],
-            )
-            for item in items
-        )
+        transitions = parse_transitions(reply[1])
         outcome = "duplicate" if reply[2] == "duplicate" else str(ack["outcome"])
         return cls(job_id=ack.get("job_id"), outcome=outcome, transitions=transitions)
 
@@ -128,15 +147,21 @@ class JobStore:
         event_ttl_s: int,
         orphan_ttl_s: int,
         max_attempts: int,
+        agent_max_attempts: dict[str, int] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._event_ttl_s = event_ttl_s
         self._orphan_ttl_s = orphan_ttl_s
         self._max_attempts = max_attempts
-        self._script = render_apply_script()
+        self._agent_max_attempts = agent_max_attempts or {}
+        self._script = render_script("apply_event.lua")
         self._sha: str | None = None
-        self._purge = client.register_script(render_purge_script())
+        self._purge = client.register_script(render_script("purge_job.lua"))
+        self._claim = client.register_script(render_script("claim_dispatch.lua"))
+        self._finish = client.register_script(render_script("finish_dispatch.lua"))
+        self._redrive = client.register_script(render_script("redrive.lua"))
+        self._link = client.register_script(render_script("link_ref.lua"))
 
     @property
     def client(self) -> aioredis.Redis:
@@ -181,8 +206,87 @@ class JobStore:
             orjson.dumps(effect.to_wire()).decode(),
             str(self._event_ttl_s),
             str(self._orphan_ttl_s),
-            str(self._max_attempts),
+            str(self.max_attempts_for(effect.fields.get("agent_id"))),
         ]
+
+    def max_attempts_for(self, agent_id: str | None) -> int:
+        if agent_id is None:
+            return self._max_attempts
+        return self._agent_max_attempts.get(agent_id, self._max_attempts)
+
+    async def claim_dispatch(self, job_id: str, number: int, now_ms: int, run_id: str) -> Claim:
+        """Claim a RETRYING job for re-dispatch ``number``; see ``claim_dispatch.lua``."""
+        reply = await self._claim(args=[self._keys.prefix, job_id, number, now_ms, run_id])
+        verdict, payload, transitions = reply
+        if verdict == "skip":
+            return Claim(verdict, None, payload, parse_transitions(transitions))
+        job = Job.from_hash(orjson.loads(payload))
+        return Claim(verdict, job, job.status.value, parse_transitions(transitions))
+
+    async def finish_dispatch(
+        self,
+        job_id: str,
+        number: int,
+        now_ms: int,
+        *,
+        result: str,
+        reason: str,
+        error: str = "",
+        fields: dict[str, str] | None = None,
+        links: tuple[tuple[str, str], ...] = (),
+    ) -> DispatchOutcome:
+        """Record a re-dispatch result: 'accepted', 'transient' or 'permanent'."""
+        args: list[str | int] = [
+            self._keys.prefix,
+            job_id,
+            number,
+            now_ms,
+            result,
+            reason,
+            error,
+            orjson.dumps(fields or {}).decode(),
+            orjson.dumps([list(pair) for pair in links]).decode(),
+        ]
+        verdict, status, transitions = await self._finish(args=args)
+        return DispatchOutcome(verdict, status, parse_transitions(transitions))
+
+    async def redrive(self, job_id: str, now_ms: int, *, max_attempts: int, reason: str) -> str:
+        """Move a FAILED job back to RETRYING with its attempts reset; return the status it had.
+
+        Raises ``JobNotFound`` when there is no such job, and ``JobStateError`` when it is not FAILED.
+        """
+        verdict, status = await self._redrive(args=[self._keys.prefix, job_id, now_ms, max_attempts, reason])
+        if verdict == "ok":
+            return "failed"
+        if not status:
+            raise JobNotFound(f"job {job_id} not found")
+        raise JobStateError(f"job {job_id} is {status}; only failed jobs can be retried")
+
+    async def link_ref(self, job_id: str, kind: str, ref: str) -> bool:
+        """Index an OpenClaw identifier to a job; return False when it was indexed already."""
+        linked = await self._link(args=[self._keys.prefix, job_id, kind, ref])
+        return bool(linked)
+
+    async def outbox_items(self, source: str, limit: int) -> list[str]:
+        """Return up to ``limit`` outbox members of one gateway, oldest first."""
+        items: list[str] = await self._client.zrange(self._keys.outbox(source), 0, limit - 1)
+        return items
+
+    async def remove_outbox_item(self, source: str, member: str) -> None:
+        await self._client.zrem(self._keys.outbox(source), member)
+
+    async def outbox_depth(self, source: str) -> int:
+        depth: int = await self._client.zcard(self._keys.outbox(source))
+        return depth
+
+    async def set_next_retry(self, job_id: str, at_ms: int) -> None:
+        await self._client.hset(self._keys.job(job_id), "next_retry_at", str(at_ms))  # type: ignore[misc]
+
+    async def alert_delivered(self, job_id: str, failure: int, sink: str) -> bool:
+        return bool(await self._client.exists(self._keys.alert_sent(job_id, failure, sink)))
+
+    async def mark_alert_delivered(self, job_id: str, failure: int, sink: str, ttl_s: int) -> None:
+        await self._client.set(self._keys.alert_sent(job_id, failure, sink), "1", ex=ttl_s)
 
     async def purge_job(self, job_id: str) -> bool:
         """Delete a job, its history and its index entries; return False if it did not exist."""
@@ -195,6 +299,10 @@ class JobStore:
             self._keys.status_index(status), "-inf", before_ms, start=0, num=limit
         )
         return ids
+
+    async def count_in_status_before(self, status: JobStatus, before_ms: int) -> int:
+        count: int = await self._client.zcount(self._keys.status_index(status), "-inf", before_ms)
+        return count
 
     async def get_job(self, job_id: str, *, with_history: bool = False) -> Job:
         """Return one job by its id; raise ``JobNotFound`` if there is none."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
 from redis.exceptions import NoScriptError
 
 from orchestrator.connection import REDIS_DOWN_ERRORS
-from orchestrator.jobs import Effect
+from orchestrator.jobs import Effect, JobStatus
 from orchestrator.logs import Throttle
 from orchestrator.openclaw import map_event
 from orchestrator.protocol import (
@@ -26,7 +27,10 @@ from orchestrator.protocol import (
     encode_error,
     parse_request,
 )
-from orchestrator.store import ApplyResult, JobStore
+from orchestrator.store import ApplyResult, JobStore, Transition
+
+# Entering these statuses adds work to the outbox (a re-dispatch or an alert).
+OUTBOX_STATUSES = frozenset({JobStatus.RETRYING, JobStatus.FAILED})
 
 
 def now_ms() -> int:
@@ -44,15 +48,28 @@ class Tracker:
     """Validates, maps and stores events; one instance per daemon."""
 
     def __init__(
-        self, store: JobStore, *, max_pending_events: int, batch_max: int, task_max_chars: int
+        self,
+        store: JobStore,
+        *,
+        max_pending_events: int,
+        batch_max: int,
+        task_max_chars: int,
+        owner: str | None = None,
+        on_outbox: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        self._owner = owner
+        self._on_outbox = on_outbox
         self._max_pending = max_pending_events
         self._batch_max = batch_max
         self._task_max_chars = task_max_chars
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._in_flight = 0
         self._redis_down_log = Throttle(interval_s=10.0)
+
+    @property
+    def store(self) -> JobStore:
+        return self._store
 
     @property
     def pending(self) -> int:
@@ -69,7 +86,7 @@ class Tracker:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         try:
             request = parse_request(line)
-            effect = map_event(request, task_max_chars=self._task_max_chars)
+            effect = map_event(request, task_max_chars=self._task_max_chars, owner=self._owner)
         except ProtocolError as e:
             logger.bind(event_id=e.event_id, code=e.code.value).info("rejected event: {}", e.message)
             future.set_result(encode_error(e.event_id, e.code, e.message))
@@ -158,6 +175,10 @@ class Tracker:
             return
         result = ApplyResult.from_reply(reply)  # type: ignore[arg-type]
         _log_result(item.request, result)
+        if self._on_outbox is not None and any(
+            change.to_status in OUTBOX_STATUSES for change in result.transitions
+        ):
+            self._on_outbox()
         item.response.set_result(encode_ack(event_id, result.job_id, tracked=True))
 
 
@@ -167,9 +188,10 @@ def _fail_unanswered(batch: list[_Pending], message: str) -> None:
             item.response.set_result(encode_error(item.request.id, ErrorCode.INTERNAL, message))
 
 
-def _log_result(request: Request, result: ApplyResult) -> None:
-    for change in result.transitions:
-        logger.bind(job_id=change.job_id, agent_id=change.agent_id, event_id=request.id).info(
+def log_transitions(transitions: tuple[Transition, ...], *, event_id: str | None) -> None:
+    """Log one INFO line per status change, with the job, agent and event ids bound."""
+    for change in transitions:
+        logger.bind(job_id=change.job_id, agent_id=change.agent_id, event_id=event_id).info(
             "job {} {} -> {} (attempt {}): {}",
             change.job_id,
             change.from_status.value if change.from_status else "new",
@@ -177,6 +199,10 @@ def _log_result(request: Request, result: ApplyResult) -> None:
             change.attempt,
             change.reason,
         )
+
+
+def _log_result(request: Request, result: ApplyResult) -> None:
+    log_transitions(result.transitions, event_id=request.id)
     if not result.transitions:
         logger.bind(job_id=result.job_id, event_id=request.id).debug(
             "event {} from {} {}: no status change", request.hook, request.source, result.outcome

@@ -16,10 +16,14 @@ from typing import Any
 import orjson
 from arq.connections import RedisSettings
 from arq.cron import cron
-from arq.worker import Worker
+from arq.worker import Retry, Worker, func
 from loguru import logger
 
+from orchestrator.alerts import AlertDeliveryError, AlertSink, build_alert
 from orchestrator.connection import REDIS_DOWN_ERRORS
+from orchestrator.dispatch import Dispatcher
+from orchestrator.errors import JobNotFound
+from orchestrator.gateway import GatewayError
 from orchestrator.jobs import JobStatus
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
@@ -27,6 +31,15 @@ from orchestrator.tracker import now_ms
 
 PURGE_BATCH = 500
 PURGE_TIMEOUT_S = 120
+# arq retries a task only when it raises Retry; these bound how often, for Redis outages (dispatch)
+# and for a failing sink (alerts, where Settings.alert_max_tries is the real limit).
+DISPATCH_MAX_TRIES = 1_000
+RETRY_DEFER_CAP_S = 60.0
+ALERT_DEFER_CAP_S = 300.0
+# arq's in-progress lock lasts the slowest function's timeout plus 10 s: keep these explicit.
+TASK_TIMEOUT_MARGIN_S = 15.0
+WORKER_POLL_DELAY_S = 0.2
+ALERT_RETRY_ERRORS: tuple[type[Exception], ...] = (AlertDeliveryError, GatewayError, *REDIS_DOWN_ERRORS)
 RESTART_BACKOFF_BASE_S = 1.0
 RESTART_BACKOFF_CAP_S = 30.0
 
@@ -52,6 +65,65 @@ async def purge_expired(ctx: dict[str, Any]) -> int:
     return deleted
 
 
+async def dispatch_retry(ctx: dict[str, Any], job_id: str, number: int) -> str:
+    """Re-dispatch a retrying job through the gateway (see ``Dispatcher``).
+
+    Gateway failures are recorded on the job by the dispatcher. A Redis failure leaves the dispatch
+    claimed or unclaimed; arq then runs this task again, and the claim resumes it with the same key.
+    """
+    dispatcher: Dispatcher = ctx["dispatcher"]
+    try:
+        return await dispatcher.redispatch(job_id, number)
+    except REDIS_DOWN_ERRORS as e:
+        defer_s = min(RETRY_DEFER_CAP_S, 2.0 ** ctx["job_try"])
+        logger.bind(job_id=job_id, dispatch=number).warning(
+            "re-dispatch {} of job {} interrupted, Redis is unavailable: {}; trying again in {:.0f}s",
+            number,
+            job_id,
+            e,
+            defer_s,
+        )
+        raise Retry(defer=defer_s) from e
+
+
+async def deliver_alert(ctx: dict[str, Any], job_id: str, failure: int, sink_name: str) -> str:
+    """Deliver one dead-letter alert to one sink, at most ``alert_max_tries`` times."""
+    store: JobStore = ctx["store"]
+    settings: Settings = ctx["settings"]
+    sinks: dict[str, AlertSink] = ctx["alert_sinks"]
+    log = logger.bind(job_id=job_id, sink=sink_name)
+    sink = sinks.get(sink_name)
+    if sink is None:
+        log.warning("alert for job {} not sent: sink {} is no longer configured", job_id, sink_name)
+        return "unconfigured"
+    try:
+        if await store.alert_delivered(job_id, failure, sink_name):
+            return "already delivered"
+        job = await store.get_job(job_id)
+        await sink.send(build_alert(job, failure, task_max_chars=settings.alert_task_max_chars))
+        await store.mark_alert_delivered(job_id, failure, sink_name, ttl_s=settings.failed_ttl_s)
+    except JobNotFound:
+        log.info("alert for job {} not sent: the job was purged", job_id)
+        return "job gone"
+    except ALERT_RETRY_ERRORS as e:
+        tries = int(ctx["job_try"])
+        if tries >= settings.alert_max_tries:
+            log.error("gave up the {} alert for job {} after {} tries: {}", sink_name, job_id, tries, e)
+            return "gave up"
+        defer_s = min(ALERT_DEFER_CAP_S, settings.alert_retry_base_s * 2.0 ** (tries - 1))
+        log.warning(
+            "{} alert for job {} failed (try {}): {}; trying again in {:.0f}s",
+            sink_name,
+            job_id,
+            tries,
+            e,
+            defer_s,
+        )
+        raise Retry(defer=defer_s) from e
+    log.info("alert for job {} delivered to {}", job_id, sink_name)
+    return "delivered"
+
+
 async def _purge_status(store: JobStore, status: JobStatus, before_ms: int) -> int:
     deleted = 0
     while job_ids := await store.job_ids_in_status_before(status, before_ms, PURGE_BATCH):
@@ -71,9 +143,24 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
     return redis_settings
 
 
-def build_worker(settings: Settings, store: JobStore) -> Worker:
+def build_worker(settings: Settings, store: JobStore, context: dict[str, Any]) -> Worker:
+    """Build the worker for this daemon's gateway queue; ``context`` adds the task dependencies."""
     return Worker(
-        functions=[],
+        functions=[
+            func(
+                dispatch_retry,
+                name="dispatch_retry",
+                timeout=settings.dispatch_timeout_s + TASK_TIMEOUT_MARGIN_S,
+                max_tries=DISPATCH_MAX_TRIES,
+            ),
+            func(
+                deliver_alert,
+                name="deliver_alert",
+                timeout=max(settings.alert_webhook_timeout_s, settings.dispatch_timeout_s)
+                + TASK_TIMEOUT_MARGIN_S,
+                max_tries=settings.alert_max_tries,
+            ),
+        ],
         cron_jobs=[
             cron(
                 purge_expired,
@@ -84,13 +171,14 @@ def build_worker(settings: Settings, store: JobStore) -> Worker:
                 run_at_startup=True,
             ),
         ],
-        queue_name=store.keys.arq_queue,
-        health_check_key=store.keys.arq_health_check,
+        queue_name=store.keys.arq_queue(settings.gateway_id),
+        health_check_key=store.keys.arq_health_check(settings.gateway_id),
         redis_settings=arq_redis_settings(settings),
         handle_signals=False,
         job_serializer=orjson.dumps,
         job_deserializer=orjson.loads,
-        ctx={"store": store, "settings": settings},
+        ctx={"store": store, "settings": settings, **context},
+        poll_delay=WORKER_POLL_DELAY_S,
         max_jobs=32,
         keep_result=60,
         log_results=False,
@@ -100,9 +188,10 @@ def build_worker(settings: Settings, store: JobStore) -> Worker:
 class WorkerSupervisor:
     """Runs the arq worker and restarts it when it exits with an error."""
 
-    def __init__(self, settings: Settings, store: JobStore) -> None:
+    def __init__(self, settings: Settings, store: JobStore, context: dict[str, Any]) -> None:
         self._settings = settings
         self._store = store
+        self._context = context
         self._worker: Worker | None = None
         self._stopping = asyncio.Event()
         self.restarts = 0
@@ -110,8 +199,10 @@ class WorkerSupervisor:
     async def run(self) -> None:
         backoff_s = RESTART_BACKOFF_BASE_S
         while not self._stopping.is_set():
-            self._worker = build_worker(self._settings, self._store)
-            logger.info("arq worker started on queue {}", self._store.keys.arq_queue)
+            self._worker = build_worker(self._settings, self._store, self._context)
+            logger.info(
+                "arq worker started on queue {}", self._store.keys.arq_queue(self._settings.gateway_id)
+            )
             try:
                 await self._worker.async_run()
                 backoff_s = RESTART_BACKOFF_BASE_S

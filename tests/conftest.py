@@ -59,6 +59,7 @@ def settings(redis_server: RedisProcess, prefix: str, work_dir: Path) -> Setting
         state_dir=work_dir,
         socket_path=work_dir / "orch.sock",
         shutdown_grace_s=5,
+        http_port=0,
     )
 
 

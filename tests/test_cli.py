@@ -176,3 +176,53 @@ def test_invalid_config_file_is_one_line(tmp_path: Any) -> None:
     missing = CliRunner().invoke(app, ["queue", "stats", "--config", str(tmp_path / "none.toml")])
     assert missing.exit_code == 1
     assert "does not exist" in missing.output
+
+
+def test_retry_redrives_failed_job(filled: str, settings: Settings) -> None:
+    failed = invoke_json(settings, "queue", "list", "--status", "failed")[0]
+    result = invoke(settings, "queue", "retry", failed["id"])
+    assert result.exit_code == 0, result.output
+    assert f"job {failed['id']} is retrying" in result.stdout
+    job = invoke_json(settings, "queue", "inspect", failed["id"])
+    assert job["status"] == "retrying"
+    assert job["attempts"] == 0
+    assert job["history"][-1]["reason"] == "re-driven by an operator"
+    assert job["history"][-2]["to"] == "failed"
+
+
+def test_retry_refuses_completed_job(filled: str, settings: Settings) -> None:
+    result = invoke(settings, "queue", "retry", filled)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: job {filled} is completed; only failed jobs can be retried"
+
+
+def test_retry_unknown_job(filled: str, settings: Settings) -> None:
+    result = invoke(settings, "queue", "retry", "feedfacefeedface")
+    assert result.exit_code == 1
+    assert "not found" in result.output
+
+
+def test_purge_counts_then_deletes(filled: str, settings: Settings) -> None:
+    dry = invoke(settings, "queue", "purge", "--status", "completed")
+    assert dry.exit_code == 0
+    assert dry.stdout.startswith("1 jobs (completed)")
+    assert invoke_json(settings, "queue", "stats")["total"] == 2
+    # The fixture stores its jobs at Unix time 1 s, about 20,700 days ago.
+    recent = invoke(settings, "queue", "purge", "--older-than", "30000d", "--yes")
+    assert recent.stdout.startswith("deleted 0 jobs")
+    done = invoke(settings, "queue", "purge", "--yes")
+    assert done.stdout.startswith("deleted 2 jobs")
+    assert invoke_json(settings, "queue", "stats")["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--older-than", "soon"], "invalid duration 'soon'"),
+        (["--status", "active"], "cannot purge active jobs"),
+    ],
+)
+def test_purge_rejects_bad_options(filled: str, settings: Settings, args: list[str], message: str) -> None:
+    result = invoke(settings, "queue", "purge", *args)
+    assert result.exit_code == 1
+    assert message in result.output

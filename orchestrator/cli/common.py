@@ -69,6 +69,12 @@ class CliState:
             if value is not None:
                 setattr(self, name, value)
 
+    def settings_or_fail(self) -> Settings:
+        try:
+            return self.settings()
+        except OrchestratorError as e:
+            fail(str(e))
+
     def settings(self) -> Settings:
         return load_settings(
             self.config,
@@ -115,10 +121,7 @@ def print_json(data: object) -> None:
 
 def run_with_store(state: CliState, action: Callable[[JobStore], Awaitable[T]]) -> T:
     """Run ``action`` against the configured Redis; turn expected failures into ``fail``."""
-    try:
-        settings = state.settings()
-    except OrchestratorError as e:
-        fail(str(e))
+    settings = state.settings_or_fail()
 
     async def run() -> T:
         client = create_client(settings)

@@ -6,9 +6,12 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.common import CliState, global_options, print_json, run_with_store
+from orchestrator.cli.common import CliState, fail, global_options, print_json, run_with_store
 from orchestrator.cli.render import render_job, render_job_list, render_stats
-from orchestrator.jobs import JobStatus
+from orchestrator.jobs import TERMINAL_STATUSES, Job, JobStatus
+from orchestrator.retry import RetryPolicies
+from orchestrator.store import JobStore
+from orchestrator.tracker import now_ms
 
 queue_app = typer.Typer(help="Inspect the jobs stored in Redis.", no_args_is_help=True)
 
@@ -70,3 +73,90 @@ def inspect(
         print_json(job.to_json(with_history=True))
     else:
         render_job(job)
+
+
+@queue_app.command("retry")
+@global_options
+def retry(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="Job id, or an OpenClaw id the job is known by.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Re-drive a failed job: reset its attempts and dispatch it again. Its history is kept."""
+    state: CliState = ctx.obj
+    policies = RetryPolicies(state.settings_or_fail())
+
+    async def redrive(store: JobStore) -> Job:
+        job = await store.resolve(job_id)
+        max_attempts = policies.for_agent(job.agent_id).max_attempts
+        await store.redrive(job.id, now_ms(), max_attempts=max_attempts, reason="re-driven by an operator")
+        return await store.get_job(job.id)
+
+    job = run_with_store(state, redrive)
+    if as_json:
+        print_json(job.to_json())
+        return
+    typer.echo(
+        f"job {job.id} is retrying: the daemon of gateway {job.source!r} dispatches it again "
+        f"(attempts reset, up to {job.max_attempts})"
+    )
+
+
+@queue_app.command("purge")
+@global_options
+def purge(
+    ctx: typer.Context,
+    status: Annotated[
+        list[JobStatus] | None,
+        typer.Option("--status", help="Terminal status to purge; repeat for several. Default: all three."),
+    ] = None,
+    older_than: Annotated[
+        str,
+        typer.Option("--older-than", help="Only jobs that ended longer ago than this, such as 30m, 12h, 7d."),
+    ] = "0s",
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Delete; without it, only count what would be deleted.")
+    ] = False,
+) -> None:
+    """Delete terminal jobs (completed, failed, cancelled) with their history and index entries."""
+    state: CliState = ctx.obj
+    statuses = status or sorted(TERMINAL_STATUSES)
+    if not_terminal := [item.value for item in statuses if item not in TERMINAL_STATUSES]:
+        fail(
+            f"cannot purge {', '.join(not_terminal)} jobs: only completed, failed and cancelled jobs can be purged"
+        )
+    try:
+        age_s = parse_duration_s(older_than)
+    except ValueError as e:
+        fail(str(e))
+    before_ms = now_ms() - int(age_s * 1000)
+
+    async def run(store: JobStore) -> int:
+        count = 0
+        for item in statuses:
+            if not yes:
+                count += await store.count_in_status_before(item, before_ms)
+                continue
+            while job_ids := await store.job_ids_in_status_before(item, before_ms, PURGE_PAGE):
+                for job_id in job_ids:
+                    count += int(await store.purge_job(job_id))
+        return count
+
+    count = run_with_store(state, run)
+    names = ", ".join(item.value for item in statuses)
+    if yes:
+        typer.echo(f"deleted {count} jobs ({names}) that ended more than {older_than} ago")
+    else:
+        typer.echo(f"{count} jobs ({names}) ended more than {older_than} ago; add --yes to delete them")
+
+
+PURGE_PAGE = 500
+_DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration_s(text: str) -> float:
+    """Parse ``90s``, ``30m``, ``12h`` or ``7d`` into seconds."""
+    value, unit = text[:-1], text[-1:]
+    if unit not in _DURATION_UNITS_S or not value.replace(".", "", 1).isdigit():
+        raise ValueError(f"invalid duration {text!r}; write a number and a unit: s, m, h or d (e.g. 7d)")
+    return float(value) * _DURATION_UNITS_S[unit]
