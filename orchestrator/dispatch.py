@@ -16,13 +16,17 @@ gateway deduplicates it while the same gateway process runs.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from loguru import logger
 
 from orchestrator.gateway import GatewayClient, GatewayError
-from orchestrator.jobs import Job, JobKind, dispatch_key
+from orchestrator.jobs import Effect, Job, JobKind, JobStatus, dispatch_key
+from orchestrator.protocol import Request
+from orchestrator.spool import Spool, SpoolFull
 from orchestrator.store import JobStore
 from orchestrator.tracker import log_transitions, now_ms
 
@@ -218,3 +222,117 @@ def _find_spawn_details(value: Any, depth: int = 0) -> dict[str, Any] | None:
             if found is not None:
                 return found
     return None
+
+
+class DirectDispatcher:
+    """Re-dispatches failures seen while Redis is unavailable, straight through the gateway.
+
+    Only failures whose event names the session to send to are handled here: a child that ended
+    with an error or a timeout (re-run in its own session with a follow-up message) and a failed
+    ``sessions_send`` (sent again). A failed ``sessions_spawn`` waits for Redis, because a new
+    child spawned now could not be tied to its job. Each dispatch is written to the spool after the
+    event, so the replay records it on the job instead of dispatching again. At most
+    ``max_per_session`` direct dispatches go to one session during the daemon's life.
+    """
+
+    def __init__(
+        self,
+        gateway: GatewayClient | None,
+        spool: Spool,
+        *,
+        max_per_session: int,
+        tries: int,
+        base_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._gateway = gateway
+        self._spool = spool
+        self._max_per_session = max_per_session
+        self._tries = tries
+        self._base_s = base_s
+        self._timeout_s = timeout_s
+        self._per_session: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, events: list[tuple[Request, Effect]]) -> None:
+        for request, effect in events:
+            target = direct_target(effect)
+            if target is None:
+                continue
+            if self._gateway is None:
+                logger.warning(
+                    "cannot re-dispatch after event {} while Redis is down: no gateway token", request.id
+                )
+                continue
+            session_key, message = target
+            sent = self._per_session.get(session_key, 0)
+            if sent >= self._max_per_session:
+                logger.warning(
+                    "no direct re-dispatch into {} after event {}: {} already sent during this outage",
+                    session_key,
+                    request.id,
+                    sent,
+                )
+                continue
+            self._per_session[session_key] = sent + 1
+            task = asyncio.create_task(self._dispatch(self._gateway, request.id, session_key, message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _dispatch(self, gateway: GatewayClient, event_id: str, session_key: str, message: str) -> None:
+        key = f"orch-direct-{event_id}"
+        for attempt in range(1, self._tries + 1):
+            try:
+                await gateway.sessions_send(
+                    session_key, message, idempotency_key=key, timeout_s=self._timeout_s
+                )
+            except GatewayError as e:
+                logger.warning(
+                    "direct re-dispatch into {} after event {} failed (try {} of {}): {}",
+                    session_key,
+                    event_id,
+                    attempt,
+                    self._tries,
+                    e,
+                )
+                if not e.retryable or attempt == self._tries:
+                    return
+                await asyncio.sleep(self._base_s * 2 ** (attempt - 1))
+                continue
+            logger.warning(
+                "re-dispatched into {} directly after event {}: tracking is degraded", session_key, event_id
+            )
+            await self._record(event_id, key)
+            return
+
+    async def _record(self, event_id: str, key: str) -> None:
+        try:
+            await self._spool.append([direct_dispatch_line(event_id, key, SESSIONS_SEND)])
+        except (SpoolFull, OSError) as e:
+            logger.error("the direct re-dispatch after event {} could not be spooled: {}", event_id, e)
+
+
+def direct_target(effect: Effect) -> tuple[str, str] | None:
+    """Return the session and message of a direct re-dispatch for an event, if it calls for one."""
+    if effect.hook == "subagent_ended" and JobStatus.RETRYING in effect.status_by_kind.values():
+        child = dict(effect.lookup).get("child_session")
+        return (child, FOLLOW_UP_MESSAGE) if child else None
+    if effect.hook == "after_tool_call" and effect.status_by_kind.get(JobKind.SEND) is JobStatus.RETRYING:
+        session_key = effect.fields.get("target_session_key")
+        message = effect.fields.get("task")
+        return (session_key, message) if session_key and message else None
+    return None
+
+
+def direct_dispatch_line(event_id: str, run_id: str, method: str) -> bytes:
+    """Return the spool record of a dispatch made while Redis was unavailable."""
+    record = {DIRECT_DISPATCH_KEY: {"event_id": event_id, "run_id": run_id, "method": method}}
+    return orjson.dumps(record)
+
+
+DIRECT_DISPATCH_KEY = "orch_direct_dispatch"

@@ -59,11 +59,21 @@ class OutboxRelay:
         self._alert_task_max_chars = alert_task_max_chars
         self._queue = store.keys.arq_queue(source)
         self._wake = asyncio.Event()
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
         self._error_log = Throttle(interval_s=10.0)
 
     def wake(self) -> None:
         """Relay soon: a transition just added outbox entries."""
         self._wake.set()
+
+    def pause(self, paused: bool) -> None:
+        """Hold relaying while the spool replays, so a replayed direct dispatch is recorded first."""
+        if paused:
+            self._unpaused.clear()
+        else:
+            self._unpaused.set()
+            self._wake.set()
 
     async def run(self) -> None:
         logger.info("outbox relay started for gateway {}", self._source)
@@ -72,6 +82,7 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
                 self._wake.clear()
+                await self._unpaused.wait()
                 try:
                     while await self.relay_once() == RELAY_BATCH:
                         pass

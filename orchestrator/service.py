@@ -26,26 +26,31 @@ from loguru import logger
 
 from orchestrator import __version__
 from orchestrator.alerts import build_sinks
+from orchestrator.breaker import BreakerState, CircuitBreaker
 from orchestrator.connection import (
     REDIS_DOWN_ERRORS,
     create_client,
     describe_address,
     unreachable_message,
 )
-from orchestrator.dispatch import Dispatcher
+from orchestrator.dispatch import DirectDispatcher, Dispatcher
 from orchestrator.embedded import EmbeddedRedis, find_redis_server
 from orchestrator.errors import RedisUnavailable, StateDirLocked
 from orchestrator.gateway import GatewayClient
 from orchestrator.keys import Keys
 from orchestrator.outbox import OutboxRelay
+from orchestrator.recovery import Reconciler, Recovery, SpoolReplayer
 from orchestrator.retry import RetryPolicies
 from orchestrator.server import SocketServer
 from orchestrator.settings import Settings, redact_url
+from orchestrator.spool import Spool
 from orchestrator.store import JobStore
 from orchestrator.tracker import Tracker
 from orchestrator.worker import WorkerSupervisor, arq_redis_settings
 
 REDIS_RETRY_INTERVAL_S = 0.25
+# Gateway calls of one direct re-dispatch made while Redis is unavailable.
+DIRECT_DISPATCH_TRIES = 3
 STATE_DIR_MODE = 0o750
 
 
@@ -59,6 +64,8 @@ class Daemon:
         self.embedded: EmbeddedRedis | None = None
         self.server: SocketServer | None = None
         self.tracker: Tracker | None = None
+        self.breaker: CircuitBreaker | None = None
+        self.recovery: Recovery | None = None
 
     async def run(self) -> None:
         settings = self.settings
@@ -79,19 +86,23 @@ class Daemon:
 
     async def _serve(self, client: aioredis.Redis, url: str) -> None:
         settings = self.settings
-        await _wait_for_redis(client, settings)
-        store = JobStore(
-            client,
-            Keys(settings.key_prefix),
-            event_ttl_s=settings.event_ttl_s,
-            orphan_ttl_s=settings.orphan_ttl_s,
-            max_attempts=settings.max_attempts,
-            agent_max_attempts=_agent_max_attempts(settings),
+        store = await _open_store(client, settings, url)
+        spool = Spool(
+            settings.resolved_spool_path, max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync
         )
-        await store.load_scripts()
-        logger.info("connected to Redis at {} with key prefix {!r}", redact_url(url), settings.key_prefix)
+        recovery: Recovery | None = None
 
+        def on_breaker_change(state: BreakerState) -> None:
+            if recovery is not None:
+                recovery.on_breaker_change(state)
+
+        self.breaker = CircuitBreaker(
+            failure_threshold=settings.breaker_failure_threshold,
+            reset_timeout_s=settings.breaker_reset_timeout_s,
+            on_change=on_breaker_change,
+        )
         retries = await RetryComponents.start(settings, store)
+        recovery = self.recovery = _build_recovery(settings, store, spool, retries)
         tracker = self.tracker = Tracker(
             store,
             max_pending_events=settings.max_pending_events,
@@ -99,6 +110,11 @@ class Daemon:
             task_max_chars=settings.task_max_chars,
             owner=settings.gateway_id,
             on_outbox=retries.relay.wake,
+            breaker=self.breaker,
+            spool=spool,
+            on_spooled=recovery.direct.submit,
+            on_gateway_start=recovery.gateway_started,
+            on_spool_waiting=recovery.request_replay,
         )
         tracker_task = asyncio.create_task(tracker.run(), name="tracker")
         self.server = SocketServer(
@@ -110,6 +126,7 @@ class Daemon:
         )
         try:
             await self.server.start()
+            recovery.boot()
             self.ready.set()
             logger.info("ready")
             await self.stop_event.wait()
@@ -118,9 +135,12 @@ class Daemon:
             logger.info("stopping: phase 2 of 4, storing {} pending events", tracker.pending)
             await _wait_bounded(tracker.drain(), settings.shutdown_grace_s, "pending events")
         finally:
-            logger.info("stopping: phase 3 of 4, stopping the tracker, the outbox relay and the arq worker")
+            logger.info(
+                "stopping: phase 3 of 4, stopping the tracker, recovery, the outbox relay and the arq worker"
+            )
             tracker_task.cancel()
             await asyncio.gather(tracker_task, return_exceptions=True)
+            await recovery.stop()
             await retries.stop()
             logger.info("stopping: phase 4 of 4, closing Redis connections")
 
@@ -197,6 +217,43 @@ def _state_dir_lock(state_dir: Path) -> Iterator[None]:
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+async def _open_store(client: aioredis.Redis, settings: Settings, url: str) -> JobStore:
+    await _wait_for_redis(client, settings)
+    store = JobStore(
+        client,
+        Keys(settings.key_prefix),
+        event_ttl_s=settings.event_ttl_s,
+        orphan_ttl_s=settings.orphan_ttl_s,
+        max_attempts=settings.max_attempts,
+        agent_max_attempts=_agent_max_attempts(settings),
+    )
+    await store.load_scripts()
+    logger.info("connected to Redis at {} with key prefix {!r}", redact_url(url), settings.key_prefix)
+    return store
+
+
+def _build_recovery(settings: Settings, store: JobStore, spool: Spool, retries: RetryComponents) -> Recovery:
+    replayer = SpoolReplayer(
+        spool,
+        store,
+        owner=settings.gateway_id,
+        task_max_chars=settings.task_max_chars,
+        pause_relay=retries.relay.pause,
+    )
+    reconciler = Reconciler(
+        store, retries.pool, owner=settings.gateway_id, gateway=retries.gateway, wake_relay=retries.relay.wake
+    )
+    direct = DirectDispatcher(
+        retries.gateway,
+        spool,
+        max_per_session=max(1, settings.max_attempts - 1),
+        tries=DIRECT_DISPATCH_TRIES,
+        base_s=settings.retry_base_s,
+        timeout_s=settings.dispatch_timeout_s,
+    )
+    return Recovery(replayer, reconciler, direct)
 
 
 def _agent_max_attempts(settings: Settings) -> dict[str, int]:

@@ -223,6 +223,10 @@ class Settings(BaseSettings):
         return self.state_dir / "redis"
 
     @property
+    def resolved_spool_path(self) -> Path:
+        return self.spool_path or self.state_dir / "spool.ndjson"
+
+    @property
     def embedded_redis_socket(self) -> Path:
         return self.embedded_redis_dir / "redis.sock"
 

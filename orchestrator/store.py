@@ -8,6 +8,7 @@ at all. Reads use plain commands.
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -22,6 +23,13 @@ from orchestrator.jobs import DAEMON_TRANSITIONS, EVENT_TRANSITIONS, Effect, His
 from orchestrator.keys import REF_KINDS, Keys, lua_key_functions
 
 LIST_PAGE_SIZE = 500
+# Outbox member kinds, as lib.lua writes them: "retry|<job id>" and "alert|<job id>|<n>".
+OUTBOX_RETRY = "retry"
+OUTBOX_ALERT = "alert"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _lua_table(name: str, table: dict[JobStatus, frozenset[JobStatus]], *, allow_new: bool) -> str:
@@ -266,6 +274,32 @@ class JobStore:
         """Index an OpenClaw identifier to a job; return False when it was indexed already."""
         linked = await self._link(args=[self._keys.prefix, job_id, kind, ref])
         return bool(linked)
+
+    async def job_for_event(self, event_id: str) -> str | None:
+        """Return the job an event was applied to, from its stored ack."""
+        raw = await self._client.get(self._keys.event(event_id))
+        if raw is None:
+            return None
+        job_id = orjson.loads(raw).get("job_id")
+        return job_id if isinstance(job_id, str) else None
+
+    async def owned_jobs(self, status: JobStatus, owner: str, *, page: int = 1_000) -> list[Job]:
+        """Return every job in ``status`` that belongs to gateway ``owner``."""
+        jobs: list[Job] = []
+        start = 0
+        while page_ids := await self._client.zrange(self._keys.status_index(status), start, start + page - 1):
+            jobs.extend(job for job in await self._load_jobs(page_ids) if job.source == owner)
+            start += page
+        return jobs
+
+    async def rearm_retries(self, owner: str, job_ids: list[str]) -> int:
+        """Put retries back in a gateway's outbox; return how many were not there yet."""
+        if not job_ids:
+            return 0
+        at_ms = _now_ms()
+        entries: dict[str, float] = {f"{OUTBOX_RETRY}|{job_id}": at_ms for job_id in job_ids}
+        added: int = await self._client.zadd(self._keys.outbox(owner), entries, nx=True)
+        return added
 
     async def outbox_items(self, source: str, limit: int) -> list[str]:
         """Return up to ``limit`` outbox members of one gateway, oldest first."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from loguru import logger
 from redis.exceptions import NoScriptError
 
+from orchestrator.breaker import CircuitBreaker
 from orchestrator.connection import REDIS_DOWN_ERRORS
 from orchestrator.jobs import Effect, JobStatus
 from orchestrator.logs import Throttle
@@ -27,6 +28,7 @@ from orchestrator.protocol import (
     encode_error,
     parse_request,
 )
+from orchestrator.spool import Spool, SpoolFull
 from orchestrator.store import ApplyResult, JobStore, Transition
 
 # Entering these statuses adds work to the outbox (a re-dispatch or an alert).
@@ -39,6 +41,7 @@ def now_ms() -> int:
 
 @dataclass(slots=True)
 class _Pending:
+    line: bytes
     request: Request
     effect: Effect
     response: asyncio.Future[bytes]
@@ -56,8 +59,18 @@ class Tracker:
         task_max_chars: int,
         owner: str | None = None,
         on_outbox: Callable[[], None] | None = None,
+        breaker: CircuitBreaker | None = None,
+        spool: Spool | None = None,
+        on_spooled: Callable[[list[tuple[Request, Effect]]], None] | None = None,
+        on_gateway_start: Callable[[], None] | None = None,
+        on_spool_waiting: Callable[[], None] | None = None,
     ) -> None:
+        self._on_spool_waiting = on_spool_waiting
+        self._on_gateway_start = on_gateway_start
         self._store = store
+        self._breaker = breaker
+        self._spool = spool
+        self._on_spooled = on_spooled
         self._owner = owner
         self._on_outbox = on_outbox
         self._max_pending = max_pending_events
@@ -102,7 +115,7 @@ class Tracker:
             logger.bind(event_id=request.id).warning("rejected event: {}", message)
             future.set_result(encode_error(request.id, ErrorCode.OVERLOADED, message))
             return future
-        self._queue.put_nowait(_Pending(request, effect, future))
+        self._queue.put_nowait(_Pending(line, request, effect, future))
         return future
 
     def reject_line(self, code: ErrorCode, message: str) -> asyncio.Future[bytes]:
@@ -137,9 +150,16 @@ class Tracker:
         await self._queue.join()
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        if self._breaker is not None and not self._breaker.allow():
+            await self._spool_batch(batch)
+            return
         replies = await self._execute(batch)
         if replies is None:
             return
+        if self._breaker is not None:
+            self._breaker.record_success()
+        if self._spool is not None and self._spool.size_bytes > 0 and self._on_spool_waiting is not None:
+            self._on_spool_waiting()
         retry = [item for item, reply in zip(batch, replies, strict=True) if isinstance(reply, NoScriptError)]
         if retry:
             # Redis restarted and lost its script cache: load the script and run those events again.
@@ -161,10 +181,38 @@ class Tracker:
         except REDIS_DOWN_ERRORS as e:
             if (count := self._redis_down_log.ready()) is not None:
                 logger.error("cannot store events, Redis is unavailable ({} batches failed): {}", count, e)
-            message = f"Redis is unavailable ({e}); the event was not recorded, resend it"
-            for item in batch:
-                item.response.set_result(encode_error(item.request.id, ErrorCode.INTERNAL, message))
+            if self._breaker is not None:
+                self._breaker.record_failure(e)
+            if self._spool is not None:
+                await self._spool_batch(batch)
+            else:
+                message = f"Redis is unavailable ({e}); the event was not recorded, resend it"
+                _fail_unanswered(batch, message)
             return None
+
+    async def _spool_batch(self, batch: list[_Pending]) -> None:
+        """Write the batch to the local spool and ack it with ``tracked: false``."""
+        if self._spool is None:
+            _fail_unanswered(batch, "Redis is unavailable and no spool is configured; resend the event")
+            return
+        try:
+            await self._spool.append([item.line for item in batch])
+        except SpoolFull as e:
+            logger.error("rejected {} events: {}", len(batch), e)
+            for item in batch:
+                item.response.set_result(encode_error(item.request.id, ErrorCode.OVERLOADED, str(e)))
+            return
+        except OSError as e:
+            logger.error("cannot write {} events to the spool {}: {}", len(batch), self._spool.path, e)
+            _fail_unanswered(batch, f"writing the local spool failed ({e.strerror}); resend the event")
+            return
+        for item in batch:
+            logger.bind(event_id=item.request.id).debug(
+                "spooled event {} ({})", item.request.id, item.request.hook
+            )
+            item.response.set_result(encode_ack(item.request.id, None, tracked=False))
+        if self._on_spooled is not None:
+            self._on_spooled([(item.request, item.effect) for item in batch])
 
     def _resolve(self, item: _Pending, reply: object) -> None:
         event_id = item.request.id
@@ -179,6 +227,12 @@ class Tracker:
             change.to_status in OUTBOX_STATUSES for change in result.transitions
         ):
             self._on_outbox()
+        if (
+            self._on_gateway_start is not None
+            and item.request.hook == "gateway_start"
+            and result.outcome == "recorded"
+        ):
+            self._on_gateway_start()
         item.response.set_result(encode_ack(event_id, result.job_id, tracked=True))
 
 

@@ -207,7 +207,7 @@ async def test_storage_backlog_answers_overloaded(redis_server: RedisProcess, se
         await stop_daemon(running, task)
 
 
-async def test_redis_down_answers_internal_and_daemon_stays_up(work_dir: Path, prefix: str) -> None:
+async def test_redis_down_spools_then_replays(work_dir: Path, prefix: str) -> None:
     server = RedisProcess()
     server.start()
     config = Settings(
@@ -216,28 +216,41 @@ async def test_redis_down_answers_internal_and_daemon_stays_up(work_dir: Path, p
         state_dir=work_dir,
         socket_path=work_dir / "o.sock",
         redis_connect_timeout_s=1,
+        http_port=0,
     )
     running, task = await start_daemon(config)
     client = await WireClient.connect(config.resolved_socket_path)
+    redis_client = aioredis.Redis.from_url(server.url, decode_responses=True)
     try:
         server.stop()
-        reply = await client.request(frame(sample("spawn success: subagent_spawned")))
-        assert reply["ok"] is False
-        assert reply["error"]["code"] == "internal"
-        assert "resend" in reply["error"]["message"]
+        spawned = frame(sample("spawn success: subagent_spawned"))
+        reply = await client.request(spawned)
+        assert reply == {"id": spawned["id"], "ok": True, "job_id": None, "tracked": False}
         assert (await client.request(PING))["ok"] is True
+        assert config.resolved_spool_path.stat().st_size > 0
+
         server.start()
-        # redis-py reconnects on the next command; the same event is then stored.
-        for _ in range(50):
-            reply = await client.request(frame(sample("spawn success: subagent_spawned"), event_id="after"))
-            if reply["ok"]:
+        # The next stored event finds Redis back, and the spool is replayed behind it.
+        for attempt in range(200):
+            reply = await client.request(frame(sample("gateway_start"), event_id=f"after-{attempt}"))
+            if reply["tracked"]:
                 break
-        assert reply["ok"] is True
-        assert reply["job_id"]
+            await asyncio.sleep(0.05)
+        assert reply["tracked"] is True
+        store = job_store(redis_client, config)
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await store.stats()).total == 0:
+            assert asyncio.get_running_loop().time() < deadline, "the spool was not replayed"
+            await asyncio.sleep(0.05)
+        job = await store.resolve(SPAWN_CHILD_SESSION)
+        assert job.status.value == "active"
+        assert await store.job_for_event(spawned["id"]) == job.id
     finally:
+        await redis_client.aclose()
         await client.close()
         await stop_daemon(running, task)
         server.cleanup()
+    assert config.resolved_spool_path.stat().st_size == 0
 
 
 async def test_socket_created_with_modes(settings: Settings, work_dir: Path) -> None:
