@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Literal
 
@@ -65,7 +65,7 @@ class Spool:
                 self._last_fsync_s = time.monotonic()
             self._size += len(data)
 
-    async def replay_batches(self) -> AsyncIterator[list[bytes]]:
+    async def replay_batches(self) -> AsyncGenerator[list[bytes]]:
         """Yield the lines after the checkpoint in batches; call ``commit`` after applying each."""
         offset = self._read_offset()
         while True:

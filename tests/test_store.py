@@ -32,9 +32,11 @@ from tests.redis_process import RedisProcess
 VOLATILE_FIELDS = {"id", "created_at", "updated_at", "events"}
 
 
-async def apply_frame(store: JobStore, data: dict[str, Any], now_ms: int = 1_000) -> ApplyResult:
+async def apply_frame(
+    store: JobStore, data: dict[str, Any], now_ms: int = 1_000, *, owner: str | None = None
+) -> ApplyResult:
     request = parse_request(orjson.dumps(data))
-    effect = map_event(request, task_max_chars=65_536)
+    effect = map_event(request, task_max_chars=65_536, owner=owner)
     assert effect is not None
     return await store.apply(request.id, effect, now_ms)
 
