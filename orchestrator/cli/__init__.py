@@ -20,6 +20,7 @@ from orchestrator.cli.common import (
     fail,
     global_options,
 )
+from orchestrator.cli.doctor import doctor
 from orchestrator.cli.queue import queue_app
 from orchestrator.errors import OrchestratorError
 from orchestrator.logs import configure_logging
@@ -32,6 +33,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(queue_app, name="queue")
+app.command("doctor")(doctor)
 
 
 def _print_version(value: bool) -> None:

@@ -46,6 +46,7 @@ StateDirOption = Annotated[
         show_default=False,
     ),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 _GLOBAL_OPTIONS = {
     "config": ConfigOption,
     "redis_url": RedisUrlOption,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.common import CliState, fail, global_options, print_json, run_with_store
+from orchestrator.cli.common import CliState, JsonOption, fail, global_options, print_json, run_with_store
 from orchestrator.cli.render import render_job, render_job_list, render_stats
 from orchestrator.jobs import TERMINAL_STATUSES, Job, JobStatus
 from orchestrator.retry import RetryPolicies
@@ -18,7 +18,6 @@ queue_app = typer.Typer(help="Inspect the jobs stored in Redis.", no_args_is_hel
 AgentOption = Annotated[
     str | None, typer.Option("--agent", help="Only jobs of this agent id.", show_default=False)
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 @queue_app.command("stats")

@@ -26,6 +26,11 @@ def console() -> Console:
     return Console(soft_wrap=False)
 
 
+def line_console() -> Console:
+    """A console that wraps long lines at the terminal width instead of cutting them."""
+    return Console(soft_wrap=True)
+
+
 def _short(text: str | None, limit: int = MAX_CELL_CHARS) -> str:
     if not text:
         return "-"
