@@ -1,4 +1,4 @@
-"""Dead-letter alerts: what an alert says, and the sinks that deliver it.
+"""Dead-letter alerts: the alert payload and text, and the sinks that deliver them.
 
 The log sink always runs, in the outbox relay, at WARNING. The other sinks run as arq jobs, one
 per sink and alert, so a slow or failing sink never blocks the tracker or another sink. A sink
@@ -62,7 +62,7 @@ def alert_text(alert: dict[str, Any]) -> str:
 
 
 def log_alert(alert: dict[str, Any]) -> None:
-    """The log sink: one WARNING line per dead letter."""
+    """Log one WARNING line per dead letter (the log sink)."""
     logger.bind(job_id=alert["job_id"], agent_id=alert["agent_id"]).warning(
         "dead letter: {}", alert_text(alert)
     )
@@ -90,7 +90,7 @@ class WebhookSink:
         except httpx.HTTPError as e:
             raise AlertDeliveryError(f"webhook {self._url} failed: {type(e).__name__}: {e}") from e
         if not response.is_success:
-            raise AlertDeliveryError(f"webhook {self._url} answered HTTP {response.status_code}")
+            raise AlertDeliveryError(f"webhook {self._url} responded with HTTP {response.status_code}")
 
 
 class GatewaySink:

@@ -1,6 +1,6 @@
 """Re-dispatch of failed work through the gateway: which call re-runs a job, and its result.
 
-Mechanisms, chosen per job (tried against OpenClaw 2026.9.6; docs/architecture.md says why):
+Mechanisms, chosen per job (tried against OpenClaw 2026.9.6; docs/architecture.md gives the reasons):
 - a spawn whose child session exists: ``sessions.send`` into the child's own session. The child
   runs again with its history, the parent is informed, and ``subagent_ended`` fires again with
   the run id we chose, so the job's later events land on it.
@@ -47,7 +47,7 @@ class NotDispatchable(Exception):
 
 @dataclass(slots=True)
 class CallResult:
-    """What a successful gateway call tells about the new run."""
+    """Job fields and identifiers of the new run, from a successful gateway call."""
 
     method: str
     fields: dict[str, str] = field(default_factory=dict)

@@ -3,7 +3,7 @@
 The Lua scripts add ``retry|<job>`` or ``alert|<job>|<n>`` to ``P:outbox:<gateway>`` in the same
 atomic step that moves a job to RETRYING or FAILED, so no retry or alert is lost if the daemon
 dies right after. The relay turns each entry into arq jobs with deterministic job ids and removes
-it only after arq accepted them; after a crash the same entry is relayed again and arq refuses
+it only after arq accepted them. After a crash the same entry is relayed again, and arq refuses
 the duplicate job id.
 """
 

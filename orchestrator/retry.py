@@ -3,7 +3,7 @@
 After attempt ``n`` fails, the next dispatch waits a uniformly random time between zero and
 ``min(cap, base * 2 ** (n - 1))`` ("full jitter"), which spreads the retries of many jobs that
 failed together. The random fraction is derived from the job id and dispatch number, so computing
-the delay twice for the same dispatch (after a crash) gives the same answer.
+the delay twice for the same dispatch (after a crash) gives the same delay.
 """
 
 from __future__ import annotations
