@@ -17,6 +17,7 @@ gateway deduplicates it while the same gateway process runs.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from loguru import logger
 
 from orchestrator.gateway import GatewayClient, GatewayError
 from orchestrator.jobs import Effect, Job, JobKind, JobStatus, dispatch_key
+from orchestrator.metrics import Metrics
 from orchestrator.protocol import Request
 from orchestrator.spool import Spool, SpoolFull
 from orchestrator.store import JobStore
@@ -62,10 +64,18 @@ def spawn_label(job: Job, key: str) -> str:
 class Dispatcher:
     """Claims a retrying job, calls the gateway once, and records the outcome."""
 
-    def __init__(self, store: JobStore, gateway: GatewayClient | None, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        gateway: GatewayClient | None,
+        *,
+        timeout_s: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
         self._gateway = gateway
         self._timeout_s = timeout_s
+        self._metrics = metrics
 
     async def redispatch(self, job_id: str, number: int) -> str:
         """Run re-dispatch ``number`` of a job; return accepted, transient, permanent or skip."""
@@ -84,14 +94,17 @@ class Dispatcher:
 
     async def _call_and_record(self, job: Job, number: int, key: str) -> str:
         method = self._method_for(job)
+        started_s = time.monotonic()
         try:
             result = await self._call(job, key)
         except NotDispatchable as e:
+            self._observe(method, started_s, "not_dispatchable")
             return await self._record_failure(job, number, method, "permanent", str(e))
         except GatewayError as e:
-            return await self._record_failure(
-                job, number, method, "transient" if e.retryable else "permanent", str(e)
-            )
+            self._observe(method, started_s, type(e).__name__)
+            result_kind = "transient" if e.retryable else "permanent"
+            return await self._record_failure(job, number, method, result_kind, str(e))
+        self._observe(method, started_s, None)
         outcome = await self._store.finish_dispatch(
             job.id,
             number,
@@ -118,6 +131,12 @@ class Dispatcher:
         )
         log_transitions(outcome.transitions, event_id=None)
         return result
+
+    def _observe(self, method: str, started_s: float, error_kind: str | None) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.dispatch_result(method, error_kind is None)
+        self._metrics.observe_gateway_call(method, time.monotonic() - started_s, error_kind)
 
     @staticmethod
     def _method_for(job: Job) -> str:
@@ -179,6 +198,17 @@ def _with_run_link(result: CallResult, payload: dict[str, Any], key: str) -> Cal
 
 
 def _spawn_result(payload: dict[str, Any], url: str) -> CallResult:
+    if payload.get("ok") is False:
+        # 2026.9.6 reports a tool that is not available or rejects its arguments in a successful
+        # response: {ok: false, toolName, error: {code, message}}. The same call fails again.
+        error = payload.get("error")
+        shape: dict[str, Any] = error if isinstance(error, dict) else {"message": error}
+        raise GatewayError(
+            method=SPAWN_TOOL,
+            url=url,
+            reason=f"the tool returned {shape.get('code') or 'an error'}: {shape.get('message')}",
+            retryable=False,
+        )
     details = _find_spawn_details(payload) or {}
     status = details.get("status")
     if status == "forbidden":

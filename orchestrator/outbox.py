@@ -20,6 +20,7 @@ from orchestrator.connection import REDIS_DOWN_ERRORS
 from orchestrator.errors import JobNotFound
 from orchestrator.jobs import JobStatus
 from orchestrator.logs import Throttle
+from orchestrator.metrics import Metrics
 from orchestrator.retry import RetryPolicies, jitter_fraction
 from orchestrator.store import JobStore
 from orchestrator.tracker import now_ms
@@ -50,7 +51,9 @@ class OutboxRelay:
         policies: RetryPolicies,
         sink_names: list[str],
         alert_task_max_chars: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._pool = pool
         self._source = source
@@ -131,6 +134,8 @@ class OutboxRelay:
             _queue_name=self._queue,
             _defer_by=delay_s,
         )
+        if self._metrics is not None:
+            self._metrics.retry_scheduled(job.agent_id)
         logger.bind(job_id=job.id, agent_id=job.agent_id).warning(
             "job {} will be re-dispatched in {:.1f}s (dispatch {}, after attempt {} of {}); last error: {}",
             job.id,

@@ -29,24 +29,29 @@ from orchestrator.alerts import build_sinks
 from orchestrator.breaker import BreakerState, CircuitBreaker
 from orchestrator.connection import (
     REDIS_DOWN_ERRORS,
+    arq_redis_settings,
     create_client,
     describe_address,
+    redact_redis_url,
     unreachable_message,
 )
 from orchestrator.dispatch import DirectDispatcher, Dispatcher
 from orchestrator.embedded import EmbeddedRedis, find_redis_server
-from orchestrator.errors import RedisUnavailable, StateDirLocked
+from orchestrator.errors import ConfigError, RedisUnavailable, StateDirLocked
 from orchestrator.gateway import GatewayClient
+from orchestrator.health import HealthServer
 from orchestrator.keys import Keys
+from orchestrator.metrics import Metrics
 from orchestrator.outbox import OutboxRelay
 from orchestrator.recovery import Reconciler, Recovery, SpoolReplayer
 from orchestrator.retry import RetryPolicies
 from orchestrator.server import SocketServer
-from orchestrator.settings import Settings, redact_url
+from orchestrator.settings import Settings
 from orchestrator.spool import Spool
 from orchestrator.store import JobStore
+from orchestrator.systemd import Notifier
 from orchestrator.tracker import Tracker
-from orchestrator.worker import WorkerSupervisor, arq_redis_settings
+from orchestrator.worker import WorkerSupervisor
 
 REDIS_RETRY_INTERVAL_S = 0.25
 # Gateway calls of one direct re-dispatch made while Redis is unavailable.
@@ -66,6 +71,10 @@ class Daemon:
         self.tracker: Tracker | None = None
         self.breaker: CircuitBreaker | None = None
         self.recovery: Recovery | None = None
+        self.spool: Spool | None = None
+        self.store: JobStore | None = None
+        self.metrics = Metrics()
+        self.notifier = Notifier.from_env()
 
     async def run(self) -> None:
         settings = self.settings
@@ -76,23 +85,75 @@ class Daemon:
 
     async def _run_locked(self) -> None:
         settings = self.settings
-        async with self._redis_server() as url:
-            client = create_client(settings)
-            try:
-                await self._serve(client, url)
-            finally:
-                await client.aclose()
-                logger.info("closed the Redis connection pool")
+        health = await self._start_health()
+        watchdog_stop = asyncio.Event()
+        watchdog = asyncio.create_task(self.notifier.watchdog_loop(watchdog_stop), name="systemd-watchdog")
+        try:
+            async with self._redis_server() as url:
+                client = create_client(settings)
+                try:
+                    await self._serve(client, url)
+                finally:
+                    await client.aclose()
+                    logger.info("closed the Redis connection pool")
+        finally:
+            watchdog_stop.set()
+            await asyncio.gather(watchdog, return_exceptions=True)
+            if health is not None:
+                await health.stop()
+            self.notifier.close()
+
+    async def _start_health(self) -> HealthServer | None:
+        """Serve /healthz, /readyz and /metrics from the start, so start-up itself is visible."""
+        settings = self.settings
+        if settings.http_port == 0:
+            return None
+        health = HealthServer(
+            settings.http_host, settings.http_port, self.readiness, self.metrics, self.refresh_metrics
+        )
+        try:
+            await health.start()
+        except OSError as e:
+            raise ConfigError(str(e)) from e
+        return health
+
+    async def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Report ready while the socket is open and events can be made durable (Redis or spool)."""
+        tracker, breaker, spool = self.tracker, self.breaker, self.spool
+        if tracker is None or breaker is None or spool is None or not self.ready.is_set():
+            return False, {"ready": False, "phase": "starting"}
+        if self.stop_event.is_set():
+            return False, {"ready": False, "phase": "stopping"}
+        spool_room = spool.size_bytes < self.settings.spool_max_bytes
+        ready = breaker.is_closed or spool_room
+        detail: dict[str, object] = {
+            "ready": ready,
+            "breaker": breaker.state.value,
+            "redis": "ok" if breaker.is_closed else "degraded: events go to the spool",
+            "pending_events": tracker.pending,
+            "spool_bytes": spool.pending_bytes(),
+        }
+        return ready, detail
+
+    async def refresh_metrics(self) -> None:
+        """Update the gauges that are read from Redis and the spool when /metrics is scraped."""
+        if self.spool is not None:
+            self.metrics.set_spool_bytes(self.spool.pending_bytes())
+            self.metrics.set_spool_depth(self.spool.pending_lines)
+        if self.store is not None and self.breaker is not None and self.breaker.is_closed:
+            self.metrics.update_job_counts(await self.store.stats())
 
     async def _serve(self, client: aioredis.Redis, url: str) -> None:
         settings = self.settings
-        store = await _open_store(client, settings, url)
-        spool = Spool(
+        self.notifier.status(f"waiting for Redis at {describe_address(url)}")
+        store = self.store = await _open_store(client, settings, url)
+        spool = self.spool = Spool(
             settings.resolved_spool_path, max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync
         )
         recovery: Recovery | None = None
 
         def on_breaker_change(state: BreakerState) -> None:
+            self.metrics.set_breaker_state(state.value)
             if recovery is not None:
                 recovery.on_breaker_change(state)
 
@@ -101,7 +162,8 @@ class Daemon:
             reset_timeout_s=settings.breaker_reset_timeout_s,
             on_change=on_breaker_change,
         )
-        retries = await RetryComponents.start(settings, store)
+        self.metrics.set_breaker_state(self.breaker.state.value)
+        retries = await RetryComponents.start(settings, store, self.metrics)
         recovery = self.recovery = _build_recovery(settings, store, spool, retries)
         tracker = self.tracker = Tracker(
             store,
@@ -115,6 +177,7 @@ class Daemon:
             on_spooled=recovery.direct.submit,
             on_gateway_start=recovery.gateway_started,
             on_spool_waiting=recovery.request_replay,
+            metrics=self.metrics,
         )
         tracker_task = asyncio.create_task(tracker.run(), name="tracker")
         self.server = SocketServer(
@@ -129,12 +192,16 @@ class Daemon:
             recovery.boot()
             self.ready.set()
             logger.info("ready")
+            self.notifier.ready(status=f"serving on {settings.resolved_socket_path}")
             await self.stop_event.wait()
+            self.notifier.stopping("stopping: phase 1 of 4")
             logger.info("stopping: phase 1 of 4, closing the socket and responding to lines already read")
             await self.server.stop(settings.shutdown_grace_s)
+            self.notifier.status("stopping: phase 2 of 4")
             logger.info("stopping: phase 2 of 4, storing {} pending events", tracker.pending)
             await _wait_bounded(tracker.drain(), settings.shutdown_grace_s, "pending events")
         finally:
+            self.notifier.status("stopping: phase 3 of 4")
             logger.info(
                 "stopping: phase 3 of 4, stopping the tracker, recovery, the outbox relay and the arq worker"
             )
@@ -142,6 +209,7 @@ class Daemon:
             await asyncio.gather(tracker_task, return_exceptions=True)
             await recovery.stop()
             await retries.stop()
+            self.notifier.status("stopping: phase 4 of 4")
             logger.info("stopping: phase 4 of 4, closing Redis connections")
 
     @contextlib.asynccontextmanager
@@ -230,7 +298,7 @@ async def _open_store(client: aioredis.Redis, settings: Settings, url: str) -> J
         agent_max_attempts=_agent_max_attempts(settings),
     )
     await store.load_scripts()
-    logger.info("connected to Redis at {} with key prefix {!r}", redact_url(url), settings.key_prefix)
+    logger.info("connected to Redis at {} with key prefix {!r}", redact_redis_url(url), settings.key_prefix)
     return store
 
 
@@ -272,7 +340,7 @@ class RetryComponents:
     tasks: list[asyncio.Task[None]]
 
     @classmethod
-    async def start(cls, settings: Settings, store: JobStore) -> RetryComponents:
+    async def start(cls, settings: Settings, store: JobStore, metrics: Metrics) -> RetryComponents:
         token = settings.read_gateway_token()
         gateway = None
         if token is None:
@@ -298,9 +366,11 @@ class RetryComponents:
             policies=RetryPolicies(settings),
             sink_names=list(sinks),
             alert_task_max_chars=settings.alert_task_max_chars,
+            metrics=metrics,
         )
-        dispatcher = Dispatcher(store, gateway, timeout_s=settings.dispatch_timeout_s)
-        supervisor = WorkerSupervisor(settings, store, {"dispatcher": dispatcher, "alert_sinks": sinks})
+        dispatcher = Dispatcher(store, gateway, timeout_s=settings.dispatch_timeout_s, metrics=metrics)
+        context = {"dispatcher": dispatcher, "alert_sinks": sinks, "metrics": metrics}
+        supervisor = WorkerSupervisor(settings, store, context)
         tasks = [
             asyncio.create_task(supervisor.run(), name="arq-worker"),
             asyncio.create_task(relay.run(), name="outbox-relay"),

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str | None = Field(
         default=None,
-        description="redis://, rediss:// or unix:// URL; unset runs an embedded redis-server",
+        description="redis://, rediss://, unix:// or redis+sentinel://host:port,host:port/master URL; unset runs an embedded redis-server",
     )
     redis_password: SecretStr | None = Field(default=None, description="Redis password")
     redis_password_file: Path | None = Field(
@@ -195,11 +195,13 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        scheme = urlsplit(value).scheme
-        if scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError(
-                f"redis_url scheme {scheme!r} is not supported; use redis://, rediss:// or unix://"
-            )
+        # Imported here because orchestrator.connection imports this module.
+        from orchestrator.connection import parse_redis_url
+
+        try:
+            parse_redis_url(value)
+        except ConfigError as e:
+            raise ValueError(str(e)) from e
         return value
 
     @model_validator(mode="after")

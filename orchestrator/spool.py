@@ -38,11 +38,18 @@ class Spool:
         self._last_fsync_s = 0.0
         self._lock = asyncio.Lock()
         self._pending_offset = 0
+        self._pending_batch_lines = 0
         self._size = _repair(path)
+        self._pending_lines = _count_lines(path, self._read_offset())
 
     @property
     def size_bytes(self) -> int:
         return self._size
+
+    @property
+    def pending_lines(self) -> int:
+        """Spooled lines not yet replayed (events and direct-dispatch records)."""
+        return self._pending_lines
 
     def pending_bytes(self) -> int:
         """Bytes not yet replayed."""
@@ -64,6 +71,7 @@ class Spool:
             if sync:
                 self._last_fsync_s = time.monotonic()
             self._size += len(data)
+            self._pending_lines += len(lines)
 
     async def replay_batches(self) -> AsyncGenerator[list[bytes]]:
         """Yield the lines after the checkpoint in batches; call ``commit`` after applying each."""
@@ -73,12 +81,15 @@ class Spool:
             if not lines:
                 return
             self._pending_offset = next_offset
+            self._pending_batch_lines = len(lines)
             yield lines
             offset = next_offset
 
     async def commit(self) -> None:
         """Record that the last yielded batch was applied."""
         await asyncio.to_thread(_write_offset, self.offset_path, self._pending_offset)
+        self._pending_lines = max(0, self._pending_lines - self._pending_batch_lines)
+        self._pending_batch_lines = 0
 
     async def truncate_if_replayed(self) -> bool:
         """Empty the spool if every line was replayed and nothing was appended meanwhile."""
@@ -87,6 +98,7 @@ class Spool:
                 return False
             await asyncio.to_thread(_truncate, self.path, self.offset_path)
             self._size = 0
+            self._pending_lines = 0
             logger.info("spool {} replayed and truncated", self.path)
             return True
 
@@ -100,6 +112,15 @@ class Spool:
                 "spool checkpoint {} is unreadable; replaying the spool from its start", self.offset_path
             )
             return 0
+
+
+def _count_lines(path: Path, offset: int) -> int:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def _repair(path: Path) -> int:

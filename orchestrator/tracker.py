@@ -19,9 +19,11 @@ from orchestrator.breaker import CircuitBreaker
 from orchestrator.connection import REDIS_DOWN_ERRORS
 from orchestrator.jobs import Effect, JobStatus
 from orchestrator.logs import Throttle
+from orchestrator.metrics import Metrics
 from orchestrator.openclaw import map_event
 from orchestrator.protocol import (
     ErrorCode,
+    EventType,
     ProtocolError,
     Request,
     encode_ack,
@@ -45,6 +47,7 @@ class _Pending:
     request: Request
     effect: Effect
     response: asyncio.Future[bytes]
+    received_s: float
 
 
 class Tracker:
@@ -64,7 +67,9 @@ class Tracker:
         on_spooled: Callable[[list[tuple[Request, Effect]]], None] | None = None,
         on_gateway_start: Callable[[], None] | None = None,
         on_spool_waiting: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._on_spool_waiting = on_spool_waiting
         self._on_gateway_start = on_gateway_start
         self._store = store
@@ -101,10 +106,12 @@ class Tracker:
             request = parse_request(line)
             effect = map_event(request, task_max_chars=self._task_max_chars, owner=self._owner)
         except ProtocolError as e:
+            self._count(_type_label(line), "rejected")
             logger.bind(event_id=e.event_id, code=e.code.value).info("rejected event: {}", e.message)
             future.set_result(encode_error(e.event_id, e.code, e.message))
             return future
         if effect is None:
+            self._count(request.type.value, "ignored")
             future.set_result(encode_ack(request.id, None, tracked=True))
             return future
         if self._queue.qsize() >= self._max_pending:
@@ -113,10 +120,19 @@ class Tracker:
                 "resend this event later"
             )
             logger.bind(event_id=request.id).warning("rejected event: {}", message)
+            self._count(request.type.value, "error")
             future.set_result(encode_error(request.id, ErrorCode.OVERLOADED, message))
             return future
-        self._queue.put_nowait(_Pending(line, request, effect, future))
+        self._queue.put_nowait(_Pending(line, request, effect, future, time.monotonic()))
         return future
+
+    def _count(self, event_type: str, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.event_received(event_type, outcome)
+
+    def _observe_latency(self, item: _Pending) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_ack_latency(time.monotonic() - item.received_s)
 
     def reject_line(self, code: ErrorCode, message: str) -> asyncio.Future[bytes]:
         """Return a resolved future with an error response for a line that was never parsed."""
@@ -210,6 +226,8 @@ class Tracker:
             logger.bind(event_id=item.request.id).debug(
                 "spooled event {} ({})", item.request.id, item.request.hook
             )
+            self._count(item.request.type.value, "spooled")
+            self._observe_latency(item)
             item.response.set_result(encode_ack(item.request.id, None, tracked=False))
         if self._on_spooled is not None:
             self._on_spooled([(item.request, item.effect) for item in batch])
@@ -219,10 +237,13 @@ class Tracker:
         if isinstance(reply, Exception):
             logger.bind(event_id=event_id).error("storing event failed: {!r}", reply)
             message = f"storing the event failed ({reply}); it was not recorded, resend it"
+            self._count(item.request.type.value, "error")
             item.response.set_result(encode_error(event_id, ErrorCode.INTERNAL, message))
             return
         result = ApplyResult.from_reply(reply)  # type: ignore[arg-type]
         _log_result(item.request, result)
+        self._count(item.request.type.value, result.outcome)
+        self._observe_latency(item)
         if self._on_outbox is not None and any(
             change.to_status in OUTBOX_STATUSES for change in result.transitions
         ):
@@ -234,6 +255,15 @@ class Tracker:
         ):
             self._on_gateway_start()
         item.response.set_result(encode_ack(event_id, result.job_id, tracked=True))
+
+
+def _type_label(line: bytes) -> str:
+    """Return the event type of a rejected line for the metrics, or ``invalid``."""
+    compact = line.replace(b" ", b"")
+    for event_type in EventType:
+        if b'"type":"' + event_type.value.encode() + b'"' in compact:
+            return event_type.value
+    return "invalid"
 
 
 def _fail_unanswered(batch: list[_Pending], message: str) -> None:

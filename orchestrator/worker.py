@@ -14,17 +14,17 @@ import contextlib
 from typing import Any
 
 import orjson
-from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Retry, Worker, func
 from loguru import logger
 
 from orchestrator.alerts import AlertDeliveryError, AlertSink, build_alert
-from orchestrator.connection import REDIS_DOWN_ERRORS
+from orchestrator.connection import REDIS_DOWN_ERRORS, arq_redis_settings
 from orchestrator.dispatch import Dispatcher
 from orchestrator.errors import JobNotFound
 from orchestrator.gateway import GatewayError
 from orchestrator.jobs import JobStatus
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
 from orchestrator.tracker import now_ms
@@ -107,6 +107,7 @@ async def deliver_alert(ctx: dict[str, Any], job_id: str, failure: int, sink_nam
         return "job gone"
     except ALERT_RETRY_ERRORS as e:
         tries = int(ctx["job_try"])
+        _count_alert(ctx, sink_name, ok=False)
         if tries >= settings.alert_max_tries:
             log.error("gave up the {} alert for job {} after {} tries: {}", sink_name, job_id, tries, e)
             return "gave up"
@@ -120,8 +121,15 @@ async def deliver_alert(ctx: dict[str, Any], job_id: str, failure: int, sink_nam
             defer_s,
         )
         raise Retry(defer=defer_s) from e
+    _count_alert(ctx, sink_name, ok=True)
     log.info("alert for job {} delivered to {}", job_id, sink_name)
     return "delivered"
+
+
+def _count_alert(ctx: dict[str, Any], sink_name: str, *, ok: bool) -> None:
+    metrics: Metrics | None = ctx.get("metrics")
+    if metrics is not None:
+        metrics.alert_sent(sink_name, ok)
 
 
 async def _purge_status(store: JobStore, status: JobStatus, before_ms: int) -> int:
@@ -130,17 +138,6 @@ async def _purge_status(store: JobStore, status: JobStatus, before_ms: int) -> i
         for job_id in job_ids:
             deleted += int(await store.purge_job(job_id))
     return deleted
-
-
-def arq_redis_settings(settings: Settings) -> RedisSettings:
-    """Build arq's connection settings from the same URL and password as the tracker."""
-    redis_settings = RedisSettings.from_dsn(settings.effective_redis_url)
-    password = settings.read_redis_password()
-    if password is not None:
-        redis_settings.password = password
-    redis_settings.conn_timeout = int(max(1, settings.redis_connect_timeout_s))
-    redis_settings.conn_retries = 0
-    return redis_settings
 
 
 def build_worker(settings: Settings, store: JobStore, context: dict[str, Any]) -> Worker:

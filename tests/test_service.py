@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
 from tests.daemon_process import DaemonProcess, cli_env, cli_json, run_cli
 from tests.events import line, spawn_lifecycle
-from tests.redis_process import RedisProcess
+from tests.redis_process import RedisProcess, free_port
 
 
 def embedded_env(work_dir: Path) -> dict[str, str]:
@@ -190,3 +191,52 @@ def test_cli_help_and_version(command: list[str]) -> None:
     result = run_cli(command, {})
     assert result.returncode == 0
     assert result.stdout
+
+
+def test_busy_http_port_is_one_line(work_dir: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["serve"], {**embedded_env(work_dir), "ORCH_HTTP_PORT": str(port)})
+    assert result.returncode == 1
+    assert "ORCH_HTTP_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_systemd_notifications_and_health(work_dir: Path) -> None:
+    notify_path = work_dir / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(30)
+    port = free_port()
+    env = {**embedded_env(work_dir), "NOTIFY_SOCKET": str(notify_path), "ORCH_HTTP_PORT": str(port)}
+    daemon = DaemonProcess(env, work_dir / "daemon.log")
+    try:
+        daemon.start()
+        messages = [listener.recv(4096).decode()]
+        while not any("READY=1" in message for message in messages):
+            messages.append(listener.recv(4096).decode())
+        assert any(message.startswith("STATUS=waiting for Redis") for message in messages)
+
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok"}
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200
+        assert ready.json()["breaker"] == "closed"
+        frames = spawn_lifecycle()
+        send_lines(daemon.socket_path, b"".join(line(data) for data in frames), len(frames))
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        assert 'orchestrator_events_received_total{outcome="created",type="spawn"} 1.0' in metrics
+        assert 'orchestrator_jobs{agent="main",status="completed"} 1.0' in metrics
+
+        assert daemon.stop() == 0
+        # The messages were queued before the exit; read up to the last phase (the timeout bounds it).
+        rest = [listener.recv(4096).decode()]
+        while not any("phase 4 of 4" in message for message in rest):
+            rest.append(listener.recv(4096).decode())
+        assert any("STOPPING=1" in message for message in rest)
+    finally:
+        listener.close()
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.stop()

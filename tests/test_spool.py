@@ -25,7 +25,10 @@ async def test_append_then_replay_in_order(tmp_path: Path, fsync: str) -> None:
     await spool.append(lines[:300])
     await spool.append(lines[300:])
     assert spool.pending_bytes() == sum(len(line) + 1 for line in lines)
+    assert spool.pending_lines == 600
+    assert Spool(tmp_path / "spool.ndjson", max_bytes=1 << 20, fsync="never").pending_lines == 600
     assert await replay_all(spool) == lines
+    assert spool.pending_lines == 0
     assert spool.pending_bytes() == 0
     assert await spool.truncate_if_replayed()
     assert spool.size_bytes == 0

@@ -30,7 +30,7 @@ RedisUrlOption = Annotated[
     str | None,
     typer.Option(
         "--redis-url",
-        help="Redis URL: redis://, rediss:// or unix://. Unset: the embedded Redis in the state directory.",
+        help="Redis URL: redis://, rediss://, unix:// or redis+sentinel://. Unset: the embedded Redis in the state directory.",
         show_default=False,
     ),
 ]
