@@ -24,7 +24,9 @@ def doctor(ctx: typer.Context, as_json: JsonOption = False) -> None:
         out = line_console()
         for check in checks:
             style = VERDICT_STYLES[check.verdict]
-            out.print(f"[{style}]{check.verdict.value:<4}[/] [bold]{check.name}[/]: {check.detail}", highlight=False)
+            out.print(
+                f"[{style}]{check.verdict.value:<4}[/] [bold]{check.name}[/]: {check.detail}", highlight=False
+            )
             if check.fix and check.verdict is not Verdict.OK:
                 out.print(f"     fix: {check.fix}", highlight=False)
     if any(check.verdict is Verdict.FAIL for check in checks):
