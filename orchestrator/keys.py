@@ -22,6 +22,8 @@ _TEMPLATES = {
     "status_index": "{p}:status:{status}",  # zset: job ids by updated_at (ms)
     "agent_index": "{p}:agent:{agent}",  # zset: job ids of one agent by created_at (ms)
     "agent_stats": "{p}:agent_stats:{agent}",  # hash: status -> job count for one agent
+    "gateway_stats": "{p}:gateway_stats:{source}",  # hash: status -> job count for one gateway
+    "gateways": "{p}:gateways",  # set: every gateway id that owns jobs
     "event": "{p}:event:{id}",  # string: stored ack of an event id (TTL event_ttl_s)
     "orphan": "{p}:orphan:{kind}:{ref}",  # list: events waiting for their job (TTL orphan_ttl_s)
     "gateway": "{p}:gateway:{source}",  # hash: last start/stop seen from one gateway
@@ -85,6 +87,13 @@ class Keys:
 
     def agent_stats(self, agent: str) -> str:
         return _TEMPLATES["agent_stats"].format(p=self.prefix, agent=agent)
+
+    def gateway_stats(self, source: str) -> str:
+        return _TEMPLATES["gateway_stats"].format(p=self.prefix, source=source)
+
+    @property
+    def gateways(self) -> str:
+        return _TEMPLATES["gateways"].format(p=self.prefix)
 
     def event(self, event_id: str) -> str:
         return _TEMPLATES["event"].format(p=self.prefix, id=event_id)

@@ -23,20 +23,24 @@ end
 -- or 'failed' also puts work in the gateway's outbox: a re-dispatch or a dead-letter alert.
 local function set_status(job_id, job_key, old, new, reason, from_event)
   local agent = field(job_key, 'agent_id')
+  local source = field(job_key, 'source')
+  if source == '' then source = 'default' end
   local attempt = tonumber(field(job_key, 'attempts')) or 1
   redis.call('HSET', job_key, 'status', new, 'updated_at', now)
   if old ~= '' then
     redis.call('ZREM', k_status_index(p, old), job_id)
     redis.call('HINCRBY', k_agent_stats(p, agent), old, -1)
+    redis.call('HINCRBY', k_gateway_stats(p, source), old, -1)
+  else
+    redis.call('SADD', k_gateways(p), source)
   end
   redis.call('ZADD', k_status_index(p, new), now, job_id)
   redis.call('HINCRBY', k_agent_stats(p, agent), new, 1)
+  redis.call('HINCRBY', k_gateway_stats(p, source), new, 1)
   local entry = {at = now, from = old, to = new, reason = reason, attempt = attempt, event_id = from_event}
   redis.call('RPUSH', k_history(p, job_id), cjson.encode(entry))
   redis.call('HINCRBY', counters, 'transitions', 1)
 
-  local source = field(job_key, 'source')
-  if source == '' then source = 'default' end
   if new == 'retrying' then
     redis.call('HDEL', job_key, 'next_retry_at')
     redis.call('ZADD', k_outbox(p, source), now, 'retry|' .. job_id)

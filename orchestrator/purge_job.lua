@@ -9,8 +9,8 @@ local job_id = ARGV[2]
 --@KEY_FUNCTIONS@
 
 local job_key = k_job(p, job_id)
-local fields = redis.call('HMGET', job_key, 'status', 'agent_id', 'refs')
-local status, agent, refs = fields[1], fields[2], fields[3]
+local fields = redis.call('HMGET', job_key, 'status', 'agent_id', 'refs', 'source')
+local status, agent, refs, source = fields[1], fields[2], fields[3], fields[4] or 'default' 
 if not status then return 0 end
 
 if refs then
@@ -24,6 +24,7 @@ end
 if status ~= '' then
   redis.call('ZREM', k_status_index(p, status), job_id)
   redis.call('HINCRBY', k_agent_stats(p, agent), status, -1)
+  redis.call('HINCRBY', k_gateway_stats(p, source), status, -1)
 end
 redis.call('ZREM', k_agent_index(p, agent), job_id)
 redis.call('ZREM', k_all_jobs(p), job_id)

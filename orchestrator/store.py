@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -130,6 +130,7 @@ class Stats:
     by_status: dict[str, int]
     by_agent: dict[str, dict[str, int]]
     counters: dict[str, int]
+    by_gateway: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -140,6 +141,7 @@ class Stats:
             "total": self.total,
             "by_status": self.by_status,
             "by_agent": self.by_agent,
+            "by_gateway": self.by_gateway,
             "counters": self.counters,
         }
 
@@ -362,9 +364,16 @@ class JobStore:
         )
 
     async def list_jobs(
-        self, *, agent: str | None = None, status: JobStatus | None = None, limit: int = 50
+        self,
+        *,
+        agent: str | None = None,
+        status: JobStatus | None = None,
+        gateway: str | None = None,
+        limit: int = 50,
     ) -> list[Job]:
-        """Return up to ``limit`` jobs, newest first, filtered by agent and status."""
+        """Return up to ``limit`` jobs, newest first, filtered by agent, status and gateway."""
+        if gateway is not None:
+            return await self._gateway_jobs(gateway, agent=agent, status=status, limit=limit)
         if agent is not None and status is not None:
             job_ids = await self._agent_jobs_with_status(agent, status, limit)
         elif status is not None:
@@ -374,6 +383,31 @@ class JobStore:
         else:
             job_ids = await self._client.zrevrange(self._keys.all_jobs, 0, limit - 1)
         return await self._load_jobs(job_ids)
+
+    async def _gateway_jobs(
+        self, gateway: str, *, agent: str | None, status: JobStatus | None, limit: int
+    ) -> list[Job]:
+        """Page through the narrowest index and keep the jobs of one gateway."""
+        if status is not None:
+            index = self._keys.status_index(status)
+        elif agent is not None:
+            index = self._keys.agent_index(agent)
+        else:
+            index = self._keys.all_jobs
+        found: list[Job] = []
+        start = 0
+        while len(found) < limit and (
+            page := await self._client.zrevrange(index, start, start + LIST_PAGE_SIZE - 1)
+        ):
+            for job in await self._load_jobs(page):
+                if (
+                    job.source == gateway
+                    and (agent is None or job.agent_id == agent)
+                    and (status is None or job.status is status)
+                ):
+                    found.append(job)
+            start += LIST_PAGE_SIZE
+        return found[:limit]
 
     async def _agent_jobs_with_status(self, agent: str, status: JobStatus, limit: int) -> list[str]:
         found: list[str] = []
@@ -401,33 +435,45 @@ class JobStore:
             records: list[dict[str, str]] = await pipe.execute()
         return [Job.from_hash(record) for record in records if record]
 
-    async def stats(self, *, agent: str | None = None) -> Stats:
-        """Count jobs by status (for one agent or all) and by agent, and read the counters."""
-        if agent is not None:
-            agents = [agent]
-        else:
-            members: set[str] = await self._client.smembers(self._keys.agents)  # type: ignore[misc]
-            agents = sorted(members)
+    async def stats(self, *, agent: str | None = None, gateway: str | None = None) -> Stats:
+        """Count jobs by status, by agent and by gateway, and read the counters.
+
+        With ``agent`` or ``gateway``, ``by_status`` counts only that agent's or gateway's jobs.
+        """
+        agents = [agent] if agent is not None else sorted(await self._members(self._keys.agents))
+        gateways = [gateway] if gateway is not None else sorted(await self._members(self._keys.gateways))
         async with self._client.pipeline(transaction=False) as pipe:
             for status in JobStatus:
                 pipe.zcard(self._keys.status_index(status))
             for name in agents:
                 pipe.hgetall(self._keys.agent_stats(name))
+            for name in gateways:
+                pipe.hgetall(self._keys.gateway_stats(name))
             pipe.hgetall(self._keys.counters)
             replies = await pipe.execute()
         status_counts = replies[: len(JobStatus)]
         agent_counts = replies[len(JobStatus) : len(JobStatus) + len(agents)]
+        gateway_counts = replies[len(JobStatus) + len(agents) : -1]
         by_agent = {
             name: _full_status_counts(counts) for name, counts in zip(agents, agent_counts, strict=True)
         }
+        by_gateway = {
+            name: _full_status_counts(counts) for name, counts in zip(gateways, gateway_counts, strict=True)
+        }
         if agent is not None:
             by_status = by_agent[agent]
+        elif gateway is not None:
+            by_status = by_gateway[gateway]
         else:
             by_status = {
                 status.value: int(count) for status, count in zip(JobStatus, status_counts, strict=True)
             }
         counters = {name: int(value) for name, value in replies[-1].items()}
-        return Stats(by_status=by_status, by_agent=by_agent, counters=counters)
+        return Stats(by_status=by_status, by_agent=by_agent, counters=counters, by_gateway=by_gateway)
+
+    async def _members(self, key: str) -> set[str]:
+        members: set[str] = await self._client.smembers(key)  # type: ignore[misc]
+        return members
 
 
 def _full_status_counts(counts: dict[str, str]) -> dict[str, int]:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import orjson
@@ -14,6 +21,7 @@ from orchestrator.cli import app
 from orchestrator.keys import Keys
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
+from tests.daemon_process import cli_env
 from tests.events import SPAWN_CHILD_SESSION, SPAWN_TOOL_CALL, frame, sample, spawn_lifecycle
 from tests.test_store import apply_frame
 
@@ -226,3 +234,49 @@ def test_purge_rejects_bad_options(filled: str, settings: Settings, args: list[s
     result = invoke(settings, "queue", "purge", *args)
     assert result.exit_code == 1
     assert message in result.output
+
+
+def test_stats_and_list_by_gateway(filled: str, settings: Settings) -> None:
+    # The fixture's events come from the plugin's source "gw-test"; with no daemon as owner,
+    # that source is the jobs' gateway.
+    stats = invoke_json(settings, "queue", "stats")
+    assert stats["by_gateway"]["gw-test"]["completed"] == 1
+    assert invoke_json(settings, "queue", "stats", "--gateway", "gw-test")["by_status"]["failed"] == 1
+    assert len(invoke_json(settings, "queue", "list", "--gateway", "gw-test")) == 2
+    assert invoke_json(settings, "queue", "list", "--gateway", "elsewhere") == []
+    table = invoke(settings, "queue", "stats")
+    assert "Jobs by gateway" in table.stdout
+
+
+def test_stats_watch_refuses_json(filled: str, settings: Settings) -> None:
+    result = invoke(settings, "queue", "stats", "--watch", "--json")
+    assert result.exit_code == 1
+    assert "--watch and --json cannot be combined" in result.output
+
+
+def test_stats_watch_refreshes_until_interrupted(filled: str, settings: Settings) -> None:
+    env = {"ORCH_REDIS_URL": settings.effective_redis_url, "ORCH_KEY_PREFIX": settings.key_prefix}
+    controller, terminal = pty.openpty()  # rich refreshes in place only on a terminal
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "queue", "stats", "--watch", "--interval", "0.2"],
+        env=cli_env(env),
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+    )
+    os.close(terminal)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 30
+        while seen.count(b"total") < 2:  # the first view, then at least one refresh
+            assert time.monotonic() < deadline, f"no refresh seen: {seen[-400:]!r}"
+            ready, _, _ = select.select([controller], [], [], 1.0)
+            if ready:
+                seen += os.read(controller, 65536)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert b"Traceback" not in stderr

@@ -394,3 +394,53 @@ async def test_killed_daemon_runs_scheduled_retry_once(
     finally:
         daemon.stop()
         await client.aclose()
+
+
+async def test_two_daemons_share_redis_and_keep_their_retries(settings: Settings, work_dir: Path) -> None:
+    async with GatewayStandin(TOKEN) as gateway_a, GatewayStandin(TOKEN) as gateway_b:
+        configs = {
+            name: settings.model_copy(
+                update={
+                    "gateway_id": name,
+                    "gateway_url": standin.url,
+                    "gateway_token": SecretStr(TOKEN),
+                    "state_dir": work_dir / name,
+                    "socket_path": work_dir / f"{name}.sock",
+                    "retry_base_s": 0.05,
+                    "retry_cap_s": 0.1,
+                }
+            )
+            for name, standin in (("gw-a", gateway_a), ("gw-b", gateway_b))
+        }
+        daemons = [await start_daemon(config) for config in configs.values()]
+        try:
+            job_ids = {}
+            for name, config in configs.items():
+                wire = await WireClient.connect(config.resolved_socket_path)
+                spawned, tool_call, _, _ = spawn_lifecycle()
+                child = f"agent:main:subagent:{name}"
+                for data in (spawned, tool_call):
+                    data["ctx"]["childSessionKey"] = child
+                spawned["event"].update(childSessionKey=child, runId=f"run-{name}")
+                spawned["ctx"]["runId"] = f"run-{name}"
+                tool_call["event"]["result"]["details"].update(childSessionKey=child, runId=f"run-{name}")
+                tool_call["event"]["toolCallId"] = tool_call["ctx"]["toolCallId"] = f"call-{name}"
+                job_ids[name] = (await wire.request(spawned))["job_id"]
+                await wire.request(tool_call)
+                ended = child_ended("error", f"run-{name}")
+                ended["ctx"]["childSessionKey"] = ended["event"]["targetSessionKey"] = child
+                await wire.request(ended)
+                await wire.close()
+            store = store_of(daemons[0][0])
+            for name in configs:
+                await wait_for_job(store, job_ids[name], JobStatus.ACTIVE)
+        finally:
+            for daemon, task in daemons:
+                await stop_daemon(daemon, task)
+        keys_a = [request.params["key"] for request in gateway_a.requests_for("sessions.send")]
+        keys_b = [request.params["key"] for request in gateway_b.requests_for("sessions.send")]
+    assert keys_a == ["agent:main:subagent:gw-a"]
+    assert keys_b == ["agent:main:subagent:gw-b"]
+    stats = await store.stats()
+    assert stats.by_gateway["gw-a"]["active"] == 1
+    assert stats.by_gateway["gw-b"]["active"] == 1

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated
 
 import typer
+from rich.live import Live
 
 from orchestrator.cli.common import CliState, JsonOption, fail, global_options, print_json, run_with_store
-from orchestrator.cli.render import render_job, render_job_list, render_stats
+from orchestrator.cli.render import console, render_job, render_job_list, render_stats, stats_view
 from orchestrator.jobs import TERMINAL_STATUSES, Job, JobStatus
 from orchestrator.retry import RetryPolicies
 from orchestrator.store import JobStore
 from orchestrator.tracker import now_ms
+
+GatewayOption = Annotated[
+    str | None, typer.Option("--gateway", help="Only jobs of this gateway id.", show_default=False)
+]
 
 queue_app = typer.Typer(help="Inspect the jobs stored in Redis.", no_args_is_help=True)
 
@@ -22,14 +29,41 @@ AgentOption = Annotated[
 
 @queue_app.command("stats")
 @global_options
-def stats(ctx: typer.Context, agent: AgentOption = None, as_json: JsonOption = False) -> None:
-    """Count jobs by status and by agent."""
+def stats(
+    ctx: typer.Context,
+    agent: AgentOption = None,
+    gateway: GatewayOption = None,
+    as_json: JsonOption = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    interval_s: Annotated[
+        float, typer.Option("--interval", min=0.2, help="Seconds between refreshes with --watch.")
+    ] = 2.0,
+) -> None:
+    """Count jobs by status, by agent and by gateway."""
     state: CliState = ctx.obj
-    result = run_with_store(state, lambda store: store.stats(agent=agent))
+    if watch:
+        if as_json:
+            fail("--watch and --json cannot be combined; poll `queue stats --json` instead")
+        with contextlib.suppress(KeyboardInterrupt):
+            run_with_store(state, lambda store: _watch_stats(store, agent, gateway, interval_s))
+        return
+    result = run_with_store(state, lambda store: store.stats(agent=agent, gateway=gateway))
     if as_json:
         print_json(result.to_json())
     else:
-        render_stats(result, agent)
+        render_stats(result, agent=agent, gateway=gateway)
+
+
+async def _watch_stats(store: JobStore, agent: str | None, gateway: str | None, interval_s: float) -> None:
+    first = await store.stats(agent=agent, gateway=gateway)
+    with Live(stats_view(first, agent=agent, gateway=gateway), console=console(), auto_refresh=False) as live:
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                result = await store.stats(agent=agent, gateway=gateway)
+                live.update(stats_view(result, agent=agent, gateway=gateway), refresh=True)
+        except asyncio.CancelledError:
+            return
 
 
 @queue_app.command("list")
@@ -41,6 +75,7 @@ def list_jobs(
         JobStatus | None,
         typer.Option("--status", help="Only jobs in this status.", show_default=False),
     ] = None,
+    gateway: GatewayOption = None,
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=10_000, help="Maximum number of jobs to print.")
     ] = 50,
@@ -48,7 +83,9 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first. `--status failed` is the dead-letter queue."""
     state: CliState = ctx.obj
-    jobs = run_with_store(state, lambda store: store.list_jobs(agent=agent, status=status, limit=limit))
+    jobs = run_with_store(
+        state, lambda store: store.list_jobs(agent=agent, status=status, gateway=gateway, limit=limit)
+    )
     if as_json:
         print_json([job.to_json() for job in jobs])
     else:

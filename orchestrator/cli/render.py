@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.jobs import Job, JobStatus, ms_to_iso
 from orchestrator.store import Stats
@@ -50,27 +51,38 @@ def _status(status: JobStatus) -> str:
     return f"[{STATUS_STYLES[status]}]{status.value}[/]"
 
 
-def render_stats(stats: Stats, agent: str | None) -> None:
-    out = console()
-    title = f"Jobs of agent {agent}" if agent else "Jobs by status"
-    table = Table(title=title)
+def stats_view(stats: Stats, *, agent: str | None = None, gateway: str | None = None) -> Group:
+    """Build the tables of ``queue stats``: by status, then by agent and by gateway."""
+    scope = f" of agent {agent}" if agent else f" of gateway {gateway}" if gateway else ""
+    table = Table(title=f"Jobs{scope} by status")
     table.add_column("status")
     table.add_column("jobs", justify="right")
     for status in JobStatus:
         table.add_row(_status(status), str(stats.by_status.get(status.value, 0)))
     table.add_row("[bold]total[/]", f"[bold]{stats.total}[/]")
-    out.print(table)
-    if stats.by_agent and agent is None:
-        by_agent = Table(title="Jobs by agent")
-        by_agent.add_column("agent")
-        for status in JobStatus:
-            by_agent.add_column(status.value, justify="right")
-        for name, counts in stats.by_agent.items():
-            by_agent.add_row(name, *(str(counts.get(status.value, 0)) for status in JobStatus))
-        out.print(by_agent)
+    parts: list[RenderableType] = [table]
+    if agent is None and gateway is None:
+        for title, groups in (("agent", stats.by_agent), ("gateway", stats.by_gateway)):
+            if groups:
+                parts.append(_breakdown(title, groups))
     if stats.counters:
         counters = ", ".join(f"{name}={value}" for name, value in sorted(stats.counters.items()))
-        out.print(f"[dim]counters: {counters}[/]")
+        parts.append(Text(f"counters: {counters}", style="dim"))
+    return Group(*parts)
+
+
+def _breakdown(name: str, groups: dict[str, dict[str, int]]) -> Table:
+    table = Table(title=f"Jobs by {name}")
+    table.add_column(name)
+    for status in JobStatus:
+        table.add_column(status.value, justify="right")
+    for key, counts in groups.items():
+        table.add_row(key, *(str(counts.get(status.value, 0)) for status in JobStatus))
+    return table
+
+
+def render_stats(stats: Stats, *, agent: str | None = None, gateway: str | None = None) -> None:
+    console().print(stats_view(stats, agent=agent, gateway=gateway))
 
 
 def render_job_list(jobs: list[Job]) -> None:
