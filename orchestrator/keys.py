@@ -64,6 +64,11 @@ class Keys:
     def arq_health_check(self, source: str) -> str:
         return _TEMPLATES["arq_health_check"].format(p=self.prefix, source=source)
 
+    @staticmethod
+    def arq_in_progress(arq_job_id: str) -> str:
+        """Return arq's lock key of a running job (arq 0.28's fixed ``arq:in-progress:`` prefix)."""
+        return f"arq:in-progress:{arq_job_id}"
+
     def outbox(self, source: str) -> str:
         return _TEMPLATES["outbox"].format(p=self.prefix, source=source)
 

@@ -15,7 +15,7 @@ treated as an interrupted attempt and retried per policy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import orjson
 from arq.connections import ArqRedis
 from loguru import logger
 
-from orchestrator.breaker import BreakerState
+from orchestrator.breaker import BreakerState, CircuitBreaker
 from orchestrator.connection import REDIS_DOWN_ERRORS
 from orchestrator.dispatch import DIRECT_DISPATCH_KEY, DirectDispatcher
 from orchestrator.gateway import GatewayClient, GatewayError
@@ -167,20 +167,20 @@ class Reconciler:
         self._gateway = gateway
         self._wake_relay = wake_relay
 
-    async def reconcile(self, *, check_runs: bool) -> ReconcileCounts:
+    async def reconcile(self, *, check_runs: bool, at_boot: bool = False) -> ReconcileCounts:
+        """Re-arm retries, resume interrupted dispatches and, with ``check_runs``, check active runs.
+
+        ``at_boot`` also releases arq's in-progress locks of this gateway's interrupted dispatches:
+        they belong to a worker that died with the previous process, and arq would otherwise wait
+        out the lock (the longest task timeout plus 10 s) before running them again.
+        NOTE: this assumes one running daemon per gateway id, which the docs require.
+        """
         counts = ReconcileCounts()
         retrying = await self._store.owned_jobs(JobStatus.RETRYING, self._owner)
         counts.rearmed_retries = await self._store.rearm_retries(self._owner, [job.id for job in retrying])
         for job in await self._store.owned_jobs(JobStatus.QUEUED, self._owner):
             if job.dispatches > 0:
-                await self._pool.enqueue_job(
-                    DISPATCH_TASK,
-                    job.id,
-                    job.dispatches,
-                    _job_id=dispatch_job_id(self._store.keys.prefix, job.id, job.dispatches),
-                    _queue_name=self._store.keys.arq_queue(self._owner),
-                )
-                counts.resumed_dispatches += 1
+                counts.resumed_dispatches += await self._resume_dispatch(job.id, job.dispatches, at_boot)
         if check_runs and self._gateway is not None:
             await self._check_active_runs(self._gateway, counts)
         self._wake_relay()
@@ -193,6 +193,25 @@ class Reconciler:
             counts.runs_failed,
         )
         return counts
+
+    async def _resume_dispatch(self, job_id: str, number: int, at_boot: bool) -> int:
+        arq_job_id = dispatch_job_id(self._store.keys.prefix, job_id, number)
+        if at_boot:
+            await self._pool.delete(self._store.keys.arq_in_progress(arq_job_id))
+        queued = await self._pool.enqueue_job(
+            DISPATCH_TASK,
+            job_id,
+            number,
+            _job_id=arq_job_id,
+            _queue_name=self._store.keys.arq_queue(self._owner),
+        )
+        if queued is None:
+            logger.bind(job_id=job_id).info(
+                "dispatch {} of job {} is still queued in arq; it resumes there", number, job_id
+            )
+            return 0
+        logger.bind(job_id=job_id).info("resuming interrupted dispatch {} of job {}", number, job_id)
+        return 1
 
     async def _check_active_runs(self, gateway: GatewayClient, counts: ReconcileCounts) -> None:
         active = await self._store.owned_jobs(JobStatus.ACTIVE, self._owner)
@@ -235,6 +254,7 @@ class Reconciler:
 # The gateway settles the children that a crash interrupted about 24 s after it is ready
 # (OpenClaw 2026.9.6); runs are checked after that, so its own verdict arrives first.
 GATEWAY_SETTLE_DELAY_S = 45.0
+SPOOL_WATCH_INTERVAL_S = 1.0
 
 
 class Recovery:
@@ -268,6 +288,32 @@ class Recovery:
         if self._replay_task is None or self._replay_task.done():
             self._replay_task = self._spawn(self.replayer.replay(), "spool replay")
 
+    def watch_spool(
+        self, breaker: CircuitBreaker, spool: Spool, probe: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Replay the spool once Redis is back even when no new event arrives to find out.
+
+        Every ``SPOOL_WATCH_INTERVAL_S``, while the spool holds data and the breaker lets an
+        operation through, ``probe`` (a PING) checks Redis. Its result goes to the breaker, and its
+        success requests a replay (a no-op while one runs).
+        """
+        self._spawn(self._watch_spool(breaker, spool, probe), "spool watch")
+
+    async def _watch_spool(
+        self, breaker: CircuitBreaker, spool: Spool, probe: Callable[[], Awaitable[object]]
+    ) -> None:
+        while True:
+            await asyncio.sleep(SPOOL_WATCH_INTERVAL_S)
+            if spool.size_bytes == 0 or not breaker.allow():
+                continue
+            try:
+                await probe()
+            except REDIS_DOWN_ERRORS as e:
+                breaker.record_failure(e)
+                continue
+            breaker.record_success()  # closing an open breaker requests a replay too
+            self.request_replay()
+
     def gateway_started(self) -> None:
         """Re-arm at once, and check the runs of active jobs once the gateway has settled."""
         self._spawn(self._after_gateway_start(), "reconciliation after gateway_start")
@@ -280,7 +326,7 @@ class Recovery:
 
     async def _boot(self) -> None:
         await self.replayer.replay()
-        await self.reconciler.reconcile(check_runs=True)
+        await self.reconciler.reconcile(check_runs=True, at_boot=True)
 
     async def _after_gateway_start(self) -> None:
         await self.reconciler.reconcile(check_runs=False)

@@ -190,6 +190,7 @@ class Daemon:
         try:
             await self.server.start()
             recovery.boot()
+            recovery.watch_spool(self.breaker, spool, client.ping)
             self.ready.set()
             logger.info("ready")
             self.notifier.ready(status=f"serving on {settings.resolved_socket_path}")

@@ -30,7 +30,7 @@ from orchestrator.store import JobStore
 from orchestrator.tracker import now_ms
 
 PURGE_BATCH = 500
-PURGE_TIMEOUT_S = 120
+PURGE_TIMEOUT_S = 60
 # arq retries a task only when it raises Retry; these bound how often, for Redis outages (dispatch)
 # and for a failing sink (alerts, where Settings.alert_max_tries is the real limit).
 DISPATCH_MAX_TRIES = 1_000

@@ -63,7 +63,11 @@ class DaemonProcess:
                 start_new_session=True,
             )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop(signal.SIGKILL)  # never leave a daemon behind a failed start
+                raise
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
