@@ -55,7 +55,7 @@ def alert_text(alert: dict[str, Any]) -> str:
     return (
         f"Delegated work failed and was dead-lettered: job {alert['job_id']} ({alert['kind']}) of agent "
         f"{alert['agent_id']} after {alert['attempts']} of {alert['max_attempts']} attempts. "
-        f"Last error: {alert['last_error'] or 'none recorded'}.{task} "
+        f"Last error: {(alert['last_error'] or 'none recorded').rstrip('.')}.{task} "
         f"See `orchestrator queue inspect {alert['job_id']}`; re-drive it with "
         f"`orchestrator queue retry {alert['job_id']}`."
     )

@@ -63,11 +63,12 @@ EVENT_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 # Transitions only the daemon makes: a re-dispatch claims a RETRYING job (QUEUED), the gateway
 # accepts it (ACTIVE) or the call fails (RETRYING, or FAILED when attempts are spent), and an
-# operator re-drives a FAILED job (RETRYING, attempts reset).
+# operator re-drives a FAILED job, or with --force a stuck QUEUED, ACTIVE or ANNOUNCING one
+# (RETRYING, attempts reset).
 DAEMON_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.ACTIVE, JobStatus.RETRYING, JobStatus.FAILED}),
-    JobStatus.ACTIVE: frozenset(),
-    JobStatus.ANNOUNCING: frozenset(),
+    JobStatus.ACTIVE: frozenset({JobStatus.RETRYING}),
+    JobStatus.ANNOUNCING: frozenset({JobStatus.RETRYING}),
     JobStatus.RETRYING: frozenset({JobStatus.QUEUED}),
     JobStatus.COMPLETED: frozenset(),
     JobStatus.FAILED: frozenset({JobStatus.RETRYING}),

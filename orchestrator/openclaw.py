@@ -318,7 +318,8 @@ def _error_text(value: Any) -> str | None:
     if value is None or value == "":
         return None
     text = value if isinstance(value, str) else str(value)
-    return _truncate(text, MAX_ERROR_CHARS)
+    # One line: gateway errors can contain line breaks, which would split log lines and alerts.
+    return _truncate(" ".join(text.split()), MAX_ERROR_CHARS)
 
 
 def _truncate(text: str | None, max_chars: int) -> str | None:

@@ -260,16 +260,32 @@ class JobStore:
         verdict, status, transitions = await self._finish(args=args)
         return DispatchOutcome(verdict, status, parse_transitions(transitions))
 
-    async def redrive(self, job_id: str, now_ms: int, *, max_attempts: int, reason: str) -> str:
-        """Move a FAILED job back to RETRYING with its attempts reset; return the status it had.
+    async def redrive(
+        self, job_id: str, now_ms: int, *, max_attempts: int, reason: str, force: bool = False
+    ) -> None:
+        """Move a FAILED job (with ``force``, also a QUEUED, ACTIVE or ANNOUNCING one) to RETRYING.
 
-        Raises ``JobNotFound`` when there is no such job, and ``JobStateError`` when it is not FAILED.
+        Its attempts are reset and its history kept. Raises ``JobNotFound`` when there is no such
+        job, and ``JobStateError`` when its status does not allow it.
         """
-        verdict, status = await self._redrive(args=[self._keys.prefix, job_id, now_ms, max_attempts, reason])
+        args: list[str | int] = [
+            self._keys.prefix,
+            job_id,
+            now_ms,
+            max_attempts,
+            reason,
+            "1" if force else "0",
+        ]
+        verdict, status = await self._redrive(args=args)
         if verdict == "ok":
-            return "failed"
+            return
         if not status:
             raise JobNotFound(f"job {job_id} not found")
+        if status in {"queued", "active", "announcing"}:
+            raise JobStateError(
+                f"job {job_id} is {status}; add --force to re-dispatch it if it is stuck, "
+                "or wait for its run to end"
+            )
         raise JobStateError(f"job {job_id} is {status}; only failed jobs can be retried")
 
     async def link_ref(self, job_id: str, kind: str, ref: str) -> bool:

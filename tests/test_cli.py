@@ -204,6 +204,26 @@ def test_retry_refuses_completed_job(filled: str, settings: Settings) -> None:
     assert result.output.strip() == f"error: job {filled} is completed; only failed jobs can be retried"
 
 
+def test_retry_force_redrives_stuck_job(settings: Settings) -> None:
+    async def store_active_job() -> str:
+        client = aioredis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
+        store = JobStore(client, Keys(settings.key_prefix), event_ttl_s=60, orphan_ttl_s=60, max_attempts=3)
+        try:
+            return (await apply_frame(store, frame(sample("spawn success: subagent_spawned")))).job_id or ""
+        finally:
+            await client.aclose()
+
+    job_id = asyncio.run(store_active_job())
+    refused = invoke(settings, "queue", "retry", job_id)
+    assert refused.exit_code == 1
+    assert "add --force" in refused.output
+    forced = invoke(settings, "queue", "retry", job_id, "--force")
+    assert forced.exit_code == 0, forced.output
+    job = invoke_json(settings, "queue", "inspect", job_id)
+    assert job["status"] == "retrying"
+    assert job["history"][-1]["reason"] == "re-driven by an operator (forced)"
+
+
 def test_retry_unknown_job(filled: str, settings: Settings) -> None:
     result = invoke(settings, "queue", "retry", "feedfacefeedface")
     assert result.exit_code == 1

@@ -79,6 +79,15 @@ def test_subagent_ended_ok_completes() -> None:
     assert effect.fields["outcome"] == "ok"
 
 
+def test_multiline_error_becomes_one_line() -> None:
+    item = sample("spawn success: subagent_ended")
+    item["event"].update(
+        outcome="error", error="Agent failed before reply: bad schema.\nTo view logs, run it."
+    )
+    effect = effect_of(item)
+    assert effect.fields["last_error"] == "Agent failed before reply: bad schema. To view logs, run it."
+
+
 def test_interrupted_by_restart_is_retryable() -> None:
     effect = effect_of(sample("after kill -9 + restart: subagent_ended"))
     assert effect.status_by_kind[JobKind.SPAWN] is JobStatus.RETRYING

@@ -116,6 +116,10 @@ def inspect(
 def retry(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(help="Job id, or an OpenClaw id the job is known by.")],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Also re-drive a job stuck in queued, active or announcing."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Re-drive a failed job: reset its attempts and dispatch it again. Its history is kept."""
@@ -125,7 +129,8 @@ def retry(
     async def redrive(store: JobStore) -> Job:
         job = await store.resolve(job_id)
         max_attempts = policies.for_agent(job.agent_id).max_attempts
-        await store.redrive(job.id, now_ms(), max_attempts=max_attempts, reason="re-driven by an operator")
+        reason = "re-driven by an operator" + (" (forced)" if force else "")
+        await store.redrive(job.id, now_ms(), max_attempts=max_attempts, reason=reason, force=force)
         return await store.get_job(job.id)
 
     job = run_with_store(state, redrive)

@@ -186,10 +186,12 @@ def interop_redis(short_tmp: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def orchestrator_daemon(
+    request: pytest.FixtureRequest,
     gateway: GatewayProcess,
     interop_redis: RedisServer,
     plugin_socket_path: Path,
     short_tmp: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OrchestratorDaemon]:
     """An ``orchestrator serve`` daemon on the plugin's socket, not started; tests call start().
 
@@ -208,9 +210,14 @@ def orchestrator_daemon(
         gateway_url=gateway.url,
         gateway_token=gateway.config.token,
         gateway_id=GATEWAY_ID,
-        extra_env={"ORCH_LOG_LEVEL": "DEBUG"},
+        # A free port for /healthz and /metrics, so that no other daemon's listener is in the way.
+        extra_env={"ORCH_LOG_LEVEL": "DEBUG", "ORCH_HTTP_PORT": str(free_port())},
     )
     try:
         yield controller
     finally:
         controller.stop()
+        if controller.log_path.exists():
+            # Kept beside the gateway logs, under the test's name, for a failure to be read later.
+            log_copies = tmp_path_factory.mktemp("daemon-logs")
+            shutil.copy(controller.log_path, log_copies / f"{request.node.name}.log")

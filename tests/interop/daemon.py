@@ -142,6 +142,12 @@ class OrchestratorDaemon:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
+    def configure(self, values: dict[str, str]) -> None:
+        """Add ``ORCH_*`` settings to the daemon's and the CLI's environment, before start()."""
+        if self.process is not None:
+            raise RuntimeError("configure() must run before start(); the daemon reads its settings once")
+        self.env.update(values)
+
     def start(self, timeout_s: float = 30.0) -> OrchestratorDaemon:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -196,10 +202,14 @@ class OrchestratorDaemon:
             _stop_group(self.process, 20)
             self.process = None
 
-    def log_tail(self, lines: int = 60) -> str:
+    def log_lines(self) -> list[str]:
+        """Return every line the daemon wrote to stdout and stderr so far."""
         if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return []
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_lines()[-lines:])
 
     def cli_json(self, *args: str) -> Any:
         """Run ``orchestrator <args> --json`` with the daemon's environment and parse its output."""
@@ -222,6 +232,15 @@ class OrchestratorDaemon:
         if not isinstance(jobs, list):
             raise TypeError(
                 f"orchestrator queue list --json printed {type(jobs).__name__}, expected a JSON array"
+            )
+        return jobs
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Return the dead-letter queue: ``orchestrator queue list --status failed``."""
+        jobs = self.cli_json("queue", "list", "--status", "failed", "--limit", "1000")
+        if not isinstance(jobs, list):
+            raise TypeError(
+                f"orchestrator queue list --status failed --json printed {type(jobs).__name__}, expected a JSON array"
             )
         return jobs
 

@@ -127,6 +127,8 @@ class GatewayProcess:
         self.stdout_path = work_dir / "gateway-stdout.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # Unix time (s) when the last start printed its ready line, comparable with job timestamps
+        self.ready_at: float | None = None
 
     @property
     def url(self) -> str:
@@ -189,6 +191,16 @@ class GatewayProcess:
             )
         self._wait_ready(offset, timeout_s)
 
+    def restart(self, *, kill: bool = False, timeout_s: float = 90.0) -> None:
+        """Stop the gateway and start it again on the same port, state directory and config.
+
+        With ``kill`` it is stopped with SIGKILL, so no stop hook runs and runs in progress are
+        left for the next start to settle, as after a crash. Without it, SIGTERM lets the gateway
+        drain its active runs first, which can take minutes.
+        """
+        self.stop(sig=signal.SIGKILL if kill else signal.SIGTERM)
+        self.start(timeout_s)
+
     def _wait_ready(self, offset: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -200,6 +212,7 @@ class GatewayProcess:
                 )
             for line in self.log_lines(offset):
                 if READY_LINE.search(line):
+                    self.ready_at = time.time()
                     return
             time.sleep(0.2)
         raise TimeoutError(f"gateway not ready after {timeout_s} s; log tail:\n{self.log_tail()}")

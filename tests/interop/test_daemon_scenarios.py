@@ -7,59 +7,17 @@ session keys that the gateway itself reports through ``sessions.list``.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from .daemon import OrchestratorDaemon
 from .gateway import GatewayClient
-from .mock_model import MockModel, ToolCall, tool_call, tool_calls
+from .helpers import Job, child_sessions, jobs_for, poll, spawn_rule
+from .mock_model import MockModel, tool_call
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
-
-Job = dict[str, Any]
-
-
-async def _poll(
-    read: Callable[[], Any], accept: Callable[[Any], bool], description: str, timeout_s: float = 90.0
-) -> Any:
-    """Call read() in a thread every 0.5 s until accept(value) holds; return that value."""
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = await asyncio.to_thread(read)
-        if accept(value):
-            return value
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout_s} s waiting for {description}; last value: {value!r}")
-
-
-async def _child_sessions(
-    client: GatewayClient, requester: str, count: int, *, finished: bool = True, timeout_s: float = 60.0
-) -> list[dict[str, Any]]:
-    """Wait until the gateway lists count sub-agent sessions spawned by requester; return them."""
-    deadline = time.monotonic() + timeout_s
-    children: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        sessions = await client.sessions()
-        children = [s for s in sessions if s.get("spawnedBy") == requester]
-        if len(children) >= count and (not finished or all(s.get("status") == "done" for s in children)):
-            return children
-        await asyncio.sleep(0.5)
-    raise TimeoutError(
-        f"the gateway lists {len(children)} of {count} finished children of {requester}: {children}"
-    )
-
-
-def _jobs_for(daemon: OrchestratorDaemon, child_keys: set[str], kind: str) -> list[Job]:
-    return [
-        job for job in daemon.jobs() if job.get("kind") == kind and job.get("child_session_key") in child_keys
-    ]
 
 
 def _assert_spawn_completed(daemon: OrchestratorDaemon, job: Job, child_key: str) -> None:
@@ -80,29 +38,22 @@ def _assert_spawn_completed(daemon: OrchestratorDaemon, job: Job, child_key: str
         assert {"at", "from", "to", "reason"} <= step.keys(), step
 
 
-def _spawn_rule(model: MockModel, tag: str, labels: list[str]) -> None:
-    calls = [
-        ToolCall("sessions_spawn", {"task": f"child task {tag} {label}", "label": label}) for label in labels
-    ]
-    model.add_rule(tool_calls(*calls), contains=f"SPAWN {tag}", subagent=False)
-
-
 async def test_two_subagents_complete(
     orchestrator_daemon: OrchestratorDaemon, model: MockModel, gateway_client: GatewayClient
 ) -> None:
     orchestrator_daemon.start()
     tag = uuid.uuid4().hex[:8]
     session_key = f"agent:main:it-{tag}"
-    _spawn_rule(model, tag, [f"a-{tag}", f"b-{tag}"])
+    spawn_rule(model, tag, [f"a-{tag}", f"b-{tag}"])
 
     result = await gateway_client.agent_turn(f"SPAWN {tag}", session_key=session_key)
     assert result.get("status") == "ok", result
-    children = await _child_sessions(gateway_client, session_key, 2)
+    children = await child_sessions(gateway_client, session_key, 2)
     child_keys = {child["key"] for child in children}
     assert len(child_keys) == 2
 
-    jobs = await _poll(
-        lambda: _jobs_for(orchestrator_daemon, child_keys, "spawn"),
+    jobs = await poll(
+        lambda: jobs_for(orchestrator_daemon, child_keys, "spawn"),
         lambda found: len(found) == 2 and all(job["status"] == "completed" for job in found),
         "two completed spawn jobs",
     )
@@ -120,13 +71,13 @@ async def test_spawn_while_daemon_down_is_recorded(
     assert not orchestrator_daemon.ping(), "something already listens on the plugin's socket"
     tag = uuid.uuid4().hex[:8]
     session_key = f"agent:main:it-{tag}"
-    _spawn_rule(model, tag, [f"down-{tag}"])
+    spawn_rule(model, tag, [f"down-{tag}"])
 
     await gateway_client.agent_turn(f"SPAWN {tag}", session_key=session_key)
-    children = await _child_sessions(gateway_client, session_key, 1)
+    children = await child_sessions(gateway_client, session_key, 1)
     child_key = children[0]["key"]
     # The announce run in the parent comes after the child finished; subagent_ended follows it.
-    await _poll(
+    await poll(
         lambda: [r for r in model.completions() if r.prompt and child_key in r.prompt.text],
         bool,
         "the announce of the child's result to the parent",
@@ -135,8 +86,8 @@ async def test_spawn_while_daemon_down_is_recorded(
 
     started_at = datetime.now(UTC)
     orchestrator_daemon.start()
-    jobs = await _poll(
-        lambda: _jobs_for(orchestrator_daemon, {child_key}, "spawn"),
+    jobs = await poll(
+        lambda: jobs_for(orchestrator_daemon, {child_key}, "spawn"),
         lambda found: len(found) == 1 and found[0]["status"] == "completed",
         "the buffered spawn recorded as completed",
     )
@@ -152,12 +103,12 @@ async def test_sessions_send_tracked_to_completion(
     orchestrator_daemon.start()
     tag = uuid.uuid4().hex[:8]
     session_key = f"agent:main:it-{tag}"
-    _spawn_rule(model, tag, [f"s-{tag}"])
+    spawn_rule(model, tag, [f"s-{tag}"])
     await gateway_client.agent_turn(f"SPAWN {tag}", session_key=session_key)
-    children = await _child_sessions(gateway_client, session_key, 1)
+    children = await child_sessions(gateway_client, session_key, 1)
     child_key = children[0]["key"]
-    await _poll(
-        lambda: _jobs_for(orchestrator_daemon, {child_key}, "spawn"),
+    await poll(
+        lambda: jobs_for(orchestrator_daemon, {child_key}, "spawn"),
         lambda found: len(found) == 1 and found[0]["status"] == "completed",
         "the spawn job completed",
     )
@@ -170,7 +121,7 @@ async def test_sessions_send_tracked_to_completion(
         subagent=False,
     )
     await gateway_client.agent_turn(f"SEND {tag}", session_key=session_key)
-    await _poll(
+    await poll(
         lambda: [
             r
             for r in model.completions()
@@ -188,7 +139,7 @@ async def test_sessions_send_tracked_to_completion(
             if job.get("kind") == "send" and _targets(orchestrator_daemon, job, child_key)
         ]
 
-    jobs = await _poll(
+    jobs = await poll(
         send_jobs,
         lambda found: len(found) == 1 and found[0]["status"] == "completed",
         "the send job completed",
