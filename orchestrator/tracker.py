@@ -77,6 +77,7 @@ class Tracker:
         self._spool = spool
         self._on_spooled = on_spooled
         self._owner = owner
+        self._foreign_sources: set[str] = set()
         self._on_outbox = on_outbox
         self._max_pending = max_pending_events
         self._batch_max = batch_max
@@ -102,10 +103,14 @@ class Tracker:
     def handle_line(self, line: bytes) -> asyncio.Future[bytes]:
         """Return a future that resolves to the response line for one request line."""
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        request: Request | None = None
         try:
             request = parse_request(line)
+            self._check_source(request)
             effect = map_event(request, task_max_chars=self._task_max_chars, owner=self._owner)
         except ProtocolError as e:
+            if e.event_id is None and request is not None:
+                e.event_id = request.id  # the payload was invalid, but the frame carried its id
             self._count(_type_label(line), "rejected")
             logger.bind(event_id=e.event_id, code=e.code.value).info("rejected event: {}", e.message)
             future.set_result(encode_error(e.event_id, e.code, e.message))
@@ -125,6 +130,21 @@ class Tracker:
             return future
         self._queue.put_nowait(_Pending(line, request, effect, future, time.monotonic()))
         return future
+
+    def _check_source(self, request: Request) -> None:
+        """Warn once per plugin gateway id that differs from this daemon's own."""
+        if self._owner is None or request.source == self._owner or request.source in self._foreign_sources:
+            return
+        self._foreign_sources.add(request.source)
+        logger.warning(
+            "events arrive from gateway {!r}, but this daemon's ORCH_GATEWAY_ID is {!r}: their jobs are "
+            "recorded and retried as {!r}; set ORCH_GATEWAY_ID={} (or the plugin's gatewayId) so the "
+            "names match",
+            request.source,
+            self._owner,
+            self._owner,
+            request.source,
+        )
 
     def _count(self, event_type: str, outcome: str) -> None:
         if self._metrics is not None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this checkout: redis-server (Debian/Ubuntu package, when missing) and a virtual
-# environment in .venv with the orchestrator and its development tools installed.
+# environment in .venv with the orchestrator and its development tools installed (again only
+# after pyproject.toml changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
   fi
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Install only when pyproject.toml changed since the last install, so a restart needs no network.
+stamp=.venv/.installed-pyproject.sha256
+wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+  echo "$wanted" > "$stamp"
+fi
 echo "setup: ready ($(.venv/bin/orchestrator --version), $(redis-server --version | cut -d' ' -f3))"

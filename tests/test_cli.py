@@ -238,6 +238,10 @@ def test_purge_counts_then_deletes(filled: str, settings: Settings) -> None:
     # The fixture stores its jobs at Unix time 1 s, about 20,700 days ago.
     recent = invoke(settings, "queue", "purge", "--older-than", "30000d", "--yes")
     assert recent.stdout.startswith("deleted 0 jobs")
+    assert invoke_json(settings, "queue", "purge", "--status", "failed") == {
+        "matching": 1,
+        "statuses": ["failed"],
+    }
     done = invoke(settings, "queue", "purge", "--yes")
     assert done.stdout.startswith("deleted 2 jobs")
     assert invoke_json(settings, "queue", "stats")["total"] == 0

@@ -78,6 +78,14 @@ async def test_bad_line_gets_error_and_connection_survives(client: WireClient, r
     assert await client.request(PING) == {"id": "ping-1", "ok": True, "job_id": None, "tracked": True}
 
 
+async def test_invalid_event_error_keeps_event_id(client: WireClient) -> None:
+    reply = await client.request(
+        {"v": 1, "id": "bad-5", "type": "end", "ts": 1, "hook": "agent_end", "event": {}}
+    )
+    assert reply["id"] == "bad-5"
+    assert reply["error"]["code"] == "invalid_event"
+
+
 async def test_blank_lines_are_ignored(client: WireClient) -> None:
     await client.send_raw(b"\n\r\n   \n")
     assert (await client.request(PING))["ok"] is True

@@ -56,7 +56,12 @@ def stats(
 
 async def _watch_stats(store: JobStore, agent: str | None, gateway: str | None, interval_s: float) -> None:
     first = await store.stats(agent=agent, gateway=gateway)
-    with Live(stats_view(first, agent=agent, gateway=gateway), console=console(), auto_refresh=False) as live:
+    with Live(
+        stats_view(first, agent=agent, gateway=gateway),
+        console=console(),
+        auto_refresh=False,
+        vertical_overflow="visible",
+    ) as live:
         try:
             while True:
                 await asyncio.sleep(interval_s)
@@ -158,6 +163,7 @@ def purge(
     yes: Annotated[
         bool, typer.Option("--yes", help="Delete; without it, only count what would be deleted.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Delete terminal jobs (completed, failed, cancelled) with their history and index entries."""
     state: CliState = ctx.obj
@@ -185,7 +191,9 @@ def purge(
 
     count = run_with_store(state, run)
     names = ", ".join(item.value for item in statuses)
-    if yes:
+    if as_json:
+        print_json({"deleted" if yes else "matching": count, "statuses": [item.value for item in statuses]})
+    elif yes:
         typer.echo(f"deleted {count} jobs ({names}) that ended more than {older_than} ago")
     else:
         typer.echo(f"{count} jobs ({names}) ended more than {older_than} ago; add --yes to delete them")

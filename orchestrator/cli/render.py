@@ -93,8 +93,8 @@ def render_job_list(jobs: list[Job]) -> None:
     table = Table()
     for column in ("id", "kind", "agent", "status", "attempts", "updated"):
         table.add_column(column, no_wrap=True)
-    table.add_column("session", overflow="ellipsis")
-    table.add_column("last error", overflow="ellipsis")
+    table.add_column("session", overflow="fold")
+    table.add_column("last error", overflow="fold")
     for job in jobs:
         table.add_row(
             job.id,
@@ -142,7 +142,8 @@ def render_job(job: Job) -> None:
             details.add_row(name, value)
     out.print(details)
     history = Table(title="History", title_justify="left")
-    for column in ("at", "from", "to", "attempt", "reason"):
+    history.add_column("at", no_wrap=True)
+    for column in ("from", "to", "attempt", "reason"):
         history.add_column(column)
     for entry in job.history:
         history.add_row(
