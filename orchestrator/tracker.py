@@ -37,6 +37,10 @@ from orchestrator.store import ApplyResult, JobStore, Transition
 OUTBOX_STATUSES = frozenset({JobStatus.RETRYING, JobStatus.FAILED})
 
 
+# Pipelines sent to Redis at once; see Tracker.run.
+MAX_BATCHES_IN_FLIGHT = 2
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -161,25 +165,43 @@ class Tracker:
         return future
 
     async def run(self) -> None:
-        """Commit waiting events to Redis until cancelled."""
+        """Commit waiting events to Redis until cancelled.
+
+        Up to ``MAX_BATCHES_IN_FLIGHT`` pipelines run at once, each on its own connection, so the
+        daemon prepares and resolves one batch while Redis executes another. Batches may then
+        apply in any order, which the job model allows: events commute, and each event's
+        deduplication and transition are atomic. Responses still go out in request order.
+        """
         logger.info("tracker started")
+        slots = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        commits: set[asyncio.Task[None]] = set()
         try:
             while True:
+                await slots.acquire()
                 batch = [await self._queue.get()]
                 while len(batch) < self._batch_max and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
-                self._in_flight = len(batch)
-                try:
-                    await self._commit(batch)
-                except Exception:
-                    logger.exception("storing a batch of {} events failed", len(batch))
-                    _fail_unanswered(batch, "the daemon failed to store the event; resend it")
-                finally:
-                    self._in_flight = 0
-                    for _ in batch:
-                        self._queue.task_done()
+                task = asyncio.create_task(self._commit_batch(batch, slots))
+                commits.add(task)
+                task.add_done_callback(commits.discard)
         finally:
+            for task in commits:
+                task.cancel()
+            await asyncio.gather(*commits, return_exceptions=True)
             logger.info("tracker stopped")
+
+    async def _commit_batch(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
+        self._in_flight += len(batch)
+        try:
+            await self._commit(batch)
+        except Exception:
+            logger.exception("storing a batch of {} events failed", len(batch))
+            _fail_unanswered(batch, "the daemon failed to store the event; resend it")
+        finally:
+            self._in_flight -= len(batch)
+            slots.release()
+            for _ in batch:
+                self._queue.task_done()
 
     async def drain(self) -> None:
         """Wait until every event accepted so far has its response."""

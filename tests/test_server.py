@@ -18,6 +18,7 @@ from orchestrator.keys import Keys
 from orchestrator.service import Daemon
 from orchestrator.settings import Settings
 from orchestrator.store import JobStore
+from orchestrator.tracker import MAX_BATCHES_IN_FLIGHT
 from tests.conftest import start_daemon, stop_daemon
 from tests.events import SPAWN_CHILD_SESSION, frame, sample, spawn_lifecycle
 from tests.redis_process import RedisProcess
@@ -195,19 +196,23 @@ async def test_storage_backlog_answers_overloaded(redis_server: RedisProcess, se
     client = await WireClient.connect(limited.resolved_socket_path)
     try:
         await admin.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
-        first, second, third = (
-            frame(sample("spawn success: subagent_spawned"), event_id=f"o{i}") for i in range(3)
-        )
-        await client.send(first)
-        # Wait until the committer took the first event, so the next one waits in the queue.
+        events = [
+            frame(sample("spawn success: subagent_spawned"), event_id=f"o{i}")
+            for i in range(MAX_BATCHES_IN_FLIGHT + 2)
+        ]
         tracker = _tracker_of(running)
-        await asyncio.wait_for(_until(lambda: tracker.pending == 0 and tracker.in_flight > 0), 10)
-        await client.send(second, third)
+        # Fill every pipeline slot; each batch waits for the paused Redis.
+        for number, data in enumerate(events[:MAX_BATCHES_IN_FLIGHT], start=1):
+            await client.send(data)
+            await asyncio.wait_for(_until(lambda number=number: tracker.in_flight == number), 10)
+        # The next event waits in the queue, which is then full; the one after is refused.
+        await client.send(events[MAX_BATCHES_IN_FLIGHT])
         await asyncio.wait_for(_until(lambda: tracker.pending == 1), 10)
+        await client.send(events[-1])
         await admin.execute_command("CLIENT", "UNPAUSE")
-        replies = await client.responses(3)
-        assert [reply["ok"] for reply in replies] == [True, True, False]
-        assert replies[2]["error"]["code"] == "overloaded"
+        replies = await client.responses(len(events))
+        assert [reply["ok"] for reply in replies] == [True] * (MAX_BATCHES_IN_FLIGHT + 1) + [False]
+        assert replies[-1]["error"]["code"] == "overloaded"
     finally:
         await admin.execute_command("CLIENT", "UNPAUSE")
         await admin.aclose()
