@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from loguru import logger
 from pydantic import SecretStr
 
 from orchestrator.dispatch import Dispatcher
+from orchestrator.errors import JobNotFound
 from orchestrator.gateway import GatewayClient
 from orchestrator.jobs import Job, JobStatus, dispatch_key
 from orchestrator.keys import Keys
@@ -444,3 +446,52 @@ async def test_two_daemons_share_redis_and_keep_their_retries(settings: Settings
     stats = await store.stats()
     assert stats.by_gateway["gw-a"]["active"] == 1
     assert stats.by_gateway["gw-b"]["active"] == 1
+
+
+async def test_worker_survives_redis_restart(
+    settings: Settings, work_dir: Path, gateway: GatewayStandin
+) -> None:
+    server = RedisProcess(appendonly=True)
+    server.start()
+    config = settings.model_copy(
+        update={
+            "redis_url": server.url,
+            "gateway_url": gateway.url,
+            "gateway_token": SecretStr(TOKEN),
+            "retry_base_s": 0.05,
+            "retry_cap_s": 0.1,
+            "redis_connect_timeout_s": 1.0,
+        }
+    )
+    daemon, task = await start_daemon(config)
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    store = JobStore(client, Keys(config.key_prefix), event_ttl_s=60, orphan_ttl_s=60, max_attempts=3)
+    try:
+        server.stop()
+        server.start()
+        # arq's worker exits when its connection drops; the supervisor must start a new one, or the
+        # retry below is never dispatched.
+        wire = await WireClient.connect(config.resolved_socket_path)
+        job_id = await _start_spawn_until_stored(wire, store)
+        run_id = (await store.get_job(job_id)).run_id or ""
+        await wire.request(child_ended("error", run_id))
+        await wire.close()
+        await gateway.wait_for_requests("sessions.send", 1, timeout_s=60)
+        job = await wait_for_job(store, job_id, JobStatus.ACTIVE, timeout_s=60)
+    finally:
+        await stop_daemon(daemon, task)
+        await client.aclose()
+        server.cleanup()
+    assert job.dispatches == 1
+
+
+async def _start_spawn_until_stored(wire: WireClient, store: JobStore) -> str:
+    """Send the spawn events until Redis has them (the first tries may land in the spool)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        job_id = await start_spawn(wire)
+        with contextlib.suppress(JobNotFound):
+            await store.get_job(job_id)
+            return job_id
+        assert time.monotonic() < deadline, "the spawn never reached Redis"
+        await asyncio.sleep(0.1)
