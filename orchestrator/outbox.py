@@ -96,12 +96,18 @@ class OutboxRelay:
             logger.info("outbox relay stopped")
 
     async def relay_once(self) -> int:
-        """Relay up to one batch of entries; return how many were read."""
+        """Relay up to one batch of entries, concurrently; return how many were read.
+
+        Entries are independent (each names its own job and arq job id), so their order does
+        not matter; each is removed only after its own relay succeeded.
+        """
         members = await self._store.outbox_items(self._source, RELAY_BATCH)
-        for member in members:
-            await self._relay(member)
-            await self._store.remove_outbox_item(self._source, member)
+        await asyncio.gather(*(self._relay_and_remove(member) for member in members))
         return len(members)
+
+    async def _relay_and_remove(self, member: str) -> None:
+        await self._relay(member)
+        await self._store.remove_outbox_item(self._source, member)
 
     async def _relay(self, member: str) -> None:
         kind, _, rest = member.partition("|")

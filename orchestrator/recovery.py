@@ -39,6 +39,8 @@ from orchestrator.tracker import log_transitions, now_ms
 DIRECT_DISPATCH_PREFIX = b'{"' + DIRECT_DISPATCH_KEY.encode() + b'":'
 RECONCILE_PAGE = 1_000
 RUN_CHECK_CONCURRENCY = 8
+# Dispatches enqueued again at once; each is a few Redis round trips in arq's enqueue.
+RESUME_CONCURRENCY = 100
 RUN_CHECK_TIMEOUT_S = 5.0
 
 
@@ -178,9 +180,15 @@ class Reconciler:
         counts = ReconcileCounts()
         retrying = await self._store.owned_jobs(JobStatus.RETRYING, self._owner)
         counts.rearmed_retries = await self._store.rearm_retries(self._owner, [job.id for job in retrying])
-        for job in await self._store.owned_jobs(JobStatus.QUEUED, self._owner):
-            if job.dispatches > 0:
-                counts.resumed_dispatches += await self._resume_dispatch(job.id, job.dispatches, at_boot)
+        interrupted = [
+            job for job in await self._store.owned_jobs(JobStatus.QUEUED, self._owner) if job.dispatches > 0
+        ]
+        for start in range(0, len(interrupted), RESUME_CONCURRENCY):
+            chunk = interrupted[start : start + RESUME_CONCURRENCY]
+            resumed = await asyncio.gather(
+                *(self._resume_dispatch(job.id, job.dispatches, at_boot) for job in chunk)
+            )
+            counts.resumed_dispatches += sum(resumed)
         if check_runs and self._gateway is not None:
             await self._check_active_runs(self._gateway, counts)
         self._wake_relay()
@@ -206,11 +214,11 @@ class Reconciler:
             _queue_name=self._store.keys.arq_queue(self._owner),
         )
         if queued is None:
-            logger.bind(job_id=job_id).info(
+            logger.bind(job_id=job_id).debug(
                 "dispatch {} of job {} is still queued in arq; it resumes there", number, job_id
             )
             return 0
-        logger.bind(job_id=job_id).info("resuming interrupted dispatch {} of job {}", number, job_id)
+        logger.bind(job_id=job_id).debug("resuming interrupted dispatch {} of job {}", number, job_id)
         return 1
 
     async def _check_active_runs(self, gateway: GatewayClient, counts: ReconcileCounts) -> None:
