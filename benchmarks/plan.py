@@ -35,6 +35,13 @@ class Plan:
     scale_stretch_jobs: int  # measured only if its estimated ingest time is within the next limit
     scale_stretch_max_s: float
     scale_step_timeout_s: float
+    # Dispatch of retries: jobs failed at once and re-dispatched by a daemon of the phase.
+    dispatch_jobs: int
+    dispatch_timeout_s: float  # for the whole timed part, from the first error sent
+    # Boot recovery: non-terminal jobs per step, each step with a new Redis and a new daemon.
+    recovery_jobs: tuple[int, ...]
+    recovery_with_gateway: bool  # also time each step with a gateway stand-in (runs checked)
+    recovery_timeout_s: float  # per boot, until the reconciliation line
     drain_timeout_s: float
 
     def to_json(self) -> dict[str, Any]:
@@ -61,6 +68,11 @@ FULL = Plan(
     scale_stretch_jobs=1_000_000,
     scale_stretch_max_s=120.0,
     scale_step_timeout_s=300.0,
+    dispatch_jobs=5_000,
+    dispatch_timeout_s=180.0,
+    recovery_jobs=(10_000, 100_000),
+    recovery_with_gateway=True,
+    recovery_timeout_s=180.0,
     drain_timeout_s=30.0,
 )
 
@@ -84,5 +96,10 @@ SMOKE = Plan(
     scale_stretch_jobs=10_000,
     scale_stretch_max_s=0.0,
     scale_step_timeout_s=30.0,
+    dispatch_jobs=300,
+    dispatch_timeout_s=30.0,
+    recovery_jobs=(2_000,),
+    recovery_with_gateway=True,
+    recovery_timeout_s=30.0,
     drain_timeout_s=15.0,
 )

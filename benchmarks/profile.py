@@ -1,18 +1,21 @@
 """Sampling profile of the daemon under load, with py-spy.
 
 py-spy is not a dependency of the project; install it into the venv with
-``.venv/bin/pip install py-spy``. It records the daemon's Python stacks during one 32-client
-ingest phase, in py-spy's raw format (one folded stack and its sample count per line, the input of
-the usual flamegraph tools), and this module sums the stacks per function.
+``.venv/bin/pip install py-spy``. It records a daemon's Python stacks during one 32-client ingest
+phase, the dispatch phase or a boot recovery. Its raw format has one folded stack and its sample
+count per line, the input of the usual flamegraph tools. This module sums the stacks per function
+and per part of the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,19 @@ STOP_TIMEOUT_S = 30.0
 TOP_FUNCTIONS = 25
 # Frames on nearly every stack (the entry point, the event loop) tell nothing about the cost.
 EVERYWHERE_SHARE = 0.99
+# Parts of the daemon, each named by the frames that mark it. A sample belongs to the first part
+# with a marking frame anywhere on its stack, so the order settles overlaps.
+DAEMON_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("boot reconciliation", ("Reconciler.", "Recovery._boot ")),
+    ("outbox relay", ("OutboxRelay.",)),
+    ("dispatch task: claim, gateway call, record", ("dispatch_retry ",)),
+    ("alert task", ("deliver_alert ",)),
+    ("arq worker: polling, start, finish, its logs", ("Worker.",)),
+    ("event ingest: socket and tracker", ("Tracker.", "SocketServer.")),
+    ("gateway client: reading responses", ("_Connection._read_frames ",)),
+)
+OTHER_PART = "other: the event loop itself and callbacks outside these"
+LOGGING_FRAMES = ("(loguru/", "(logging/__init__")
 
 
 def find_py_spy() -> str:
@@ -50,6 +66,8 @@ class Profile:
     other_thread_samples: int
     inclusive: Counter[str]  # samples with the function anywhere on the stack
     exclusive: Counter[str]  # samples with the function on top of the stack
+    parts: Counter[str]  # samples by DAEMON_PARTS
+    parts_logging: Counter[str]  # of those, the samples inside loguru or the logging module
 
     @classmethod
     def from_raw(cls, text: str) -> Profile:
@@ -66,18 +84,26 @@ class Profile:
 
         inclusive: Counter[str] = Counter()
         exclusive: Counter[str] = Counter()
+        parts: Counter[str] = Counter()
+        parts_logging: Counter[str] = Counter()
         for frames, count in stacks:
             if frames[0] != main_root:
                 continue
             exclusive[frames[-1]] += count
             for frame in set(frames):
                 inclusive[frame] += count
+            part = _part_of(frames)
+            parts[part] += count
+            if any(marker in frame for frame in frames for marker in LOGGING_FRAMES):
+                parts_logging[part] += count
         samples = roots[main_root]
         return cls(
             samples=samples,
             other_thread_samples=sum(roots.values()) - samples,
             inclusive=inclusive,
             exclusive=exclusive,
+            parts=parts,
+            parts_logging=parts_logging,
         )
 
     def by_package(self) -> Counter[str]:
@@ -112,7 +138,21 @@ class Profile:
             for frame, count in counts.most_common(TOP_FUNCTIONS):
                 lines.append(f"| {100 * count / max(1, self.samples):.1f} | `{frame}` |")
             lines.append("")
+        lines += ["| % | of which logging % | part of the daemon |", "|--:|--:|---|"]
+        for part, count in self.parts.most_common():
+            part_share = 100 * count / max(1, self.samples)
+            logging_share = 100 * self.parts_logging[part] / max(1, self.samples)
+            lines.append(f"| {part_share:.1f} | {logging_share:.1f} | {part} |")
+        total_logging = 100 * sum(self.parts_logging.values()) / max(1, self.samples)
+        lines += [f"| {total_logging:.1f} | | logging in all parts |", ""]
         return "\n".join(lines)
+
+
+def _part_of(frames: list[str]) -> str:
+    for name, markers in DAEMON_PARTS:
+        if any(marker in frame for frame in frames for marker in markers):
+            return name
+    return OTHER_PART
 
 
 def render_command_stats(stats: dict[str, dict[str, float]], events: int) -> str:
@@ -134,17 +174,21 @@ def render_command_stats(stats: dict[str, dict[str, float]], events: int) -> str
     return "\n".join(lines)
 
 
-async def profile_ingest(bench: Bench, raw_path: Path, clients: int) -> tuple[Measured, str]:
-    """Run one closed-loop ingest phase while py-spy writes the daemon's stacks to ``raw_path``.
+@contextlib.asynccontextmanager
+async def py_spy_recording(
+    pid: int, raw_path: Path, *, attach_wait_s: float = ATTACH_WAIT_S
+) -> AsyncIterator[None]:
+    """Record the stacks of process ``pid`` with py-spy into ``raw_path`` while the block runs.
 
-    Returns the phase's measurement and a table of the Redis commands it ran.
+    Waits ``attach_wait_s`` for py-spy to attach before the block starts. py-spy pauses the
+    process for each sample, because without pausing (``--nonblocking``) over half of the samples
+    of a busy daemon came out as torn stacks without their root.
     """
-    await bench.client.config_resetstat()
     recorder = await asyncio.create_subprocess_exec(
         find_py_spy(),
         "record",
         "--pid",
-        str(bench.services.daemon_pid),
+        str(pid),
         "--rate",
         str(SAMPLES_PER_S),
         "--function",
@@ -156,21 +200,36 @@ async def profile_ingest(bench: Bench, raw_path: Path, clients: int) -> tuple[Me
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await asyncio.sleep(ATTACH_WAIT_S)
+        await asyncio.sleep(attach_wait_s)
         if recorder.returncode is not None:
             error = await recorder.stderr.read() if recorder.stderr else b""
             raise BenchmarkError(
                 f"py-spy exited with {recorder.returncode}: {error.decode(errors='replace')}"
             )
-        measured = await bench.ingest(clients)
-        stats = await bench.client.info("commandstats")
-        return measured, render_command_stats(stats, measured.events)
+        yield
+        if recorder.returncode not in (None, 0):
+            error = await recorder.stderr.read() if recorder.stderr else b""
+            raise BenchmarkError(
+                f"py-spy stopped early with {recorder.returncode}: {error.decode(errors='replace')}"
+            )
     finally:
         if recorder.returncode is None:
             # py-spy writes its output file when interrupted.
             recorder.send_signal(signal.SIGINT)
         async with asyncio.timeout(STOP_TIMEOUT_S):
             await recorder.wait()
+
+
+async def profile_ingest(bench: Bench, raw_path: Path, clients: int) -> tuple[Measured, str]:
+    """Run one closed-loop ingest phase while py-spy writes the daemon's stacks to ``raw_path``.
+
+    Returns the phase's measurement and a table of the Redis commands it ran.
+    """
+    await bench.client.config_resetstat()
+    async with py_spy_recording(bench.services.daemon_pid, raw_path):
+        measured = await bench.ingest(clients)
+        stats = await bench.client.info("commandstats")
+    return measured, render_command_stats(stats, measured.events)
 
 
 def read_profile(raw_path: Path) -> Profile:

@@ -4,6 +4,8 @@
 2. Open-loop ingest at a fixed offered rate on one connection.
 3. Baselines on the same Redis: arq enqueues (sequential and concurrent) and pipelined writes.
 4. Memory per stored job and daemon RSS at growing job counts.
+5. Dispatch of retries through the arq worker to a gateway stand-in, by a daemon of the phase.
+6. Boot recovery of non-terminal jobs, each step with a new Redis and a new daemon.
 
 Every daemon phase is checked against Redis afterwards: each lifecycle sent made one job, and each
 lifecycle sent whole ended ``completed``. A phase that fails a check raises ``BenchmarkError``.
@@ -31,10 +33,12 @@ from benchmarks.baselines import (
     pipelined_writes,
 )
 from benchmarks.daemon_metrics import ack_latency_buckets, shares_within
+from benchmarks.dispatch import DispatchResult, measure_dispatch
 from benchmarks.ingest import BenchmarkError, LoadResult, closed_loop, open_loop
 from benchmarks.measure import Latency, client_gc_paused, load_average, machine
 from benchmarks.meter import PhaseMeter
 from benchmarks.plan import Plan
+from benchmarks.recovery import RecoveryStep, measure_recovery
 from benchmarks.scale import ScaleStep, measure_scale
 from benchmarks.services import KEY_PREFIX, Services
 from benchmarks.workload import EVENTS_PER_LIFECYCLE, Workload, split_lines
@@ -91,6 +95,8 @@ class RunResults:
     scale: list[ScaleStep] = field(default_factory=list)
     scale_note: str = ""
     job_memory_breakdown: dict[str, int] = field(default_factory=dict)
+    dispatch: DispatchResult | None = None
+    recovery: list[RecoveryStep] = field(default_factory=list)
 
 
 class Bench:
@@ -269,7 +275,7 @@ class Bench:
         )
 
 
-PHASES = ("ingest", "fixed-rate", "baselines", "scale")
+PHASES = ("ingest", "fixed-rate", "baselines", "scale", "dispatch", "recovery")
 
 
 async def run_all(
@@ -297,5 +303,10 @@ async def run_all(
     if "scale" in phases:
         log("memory per job")
         await measure_scale(bench, results)
+    if "dispatch" in phases:
+        log(f"dispatch of {bench.plan.dispatch_jobs:,} retries")
+        results.dispatch = await measure_dispatch(bench)
+    if "recovery" in phases:
+        results.recovery = await measure_recovery(bench, log)
     results.load_average_end = load_average()
     log(f"done in {time.monotonic() - started:.0f} s")

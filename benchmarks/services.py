@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.daemon_process import DaemonProcess
@@ -40,6 +40,8 @@ class Services:
     redis: BenchRedis
     daemon: DaemonProcess
     work_dir: Path
+    # The --daemon-env settings of the run, which the daemons of single phases get as well.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def redis_pid(self) -> int:
@@ -92,17 +94,17 @@ def running_services(extra_env: dict[str, str]) -> Iterator[Services]:
     try:
         redis.start()
         daemon.start()
-        yield Services(redis=redis, daemon=daemon, work_dir=work_dir)
+        yield Services(redis=redis, daemon=daemon, work_dir=work_dir, extra_env=extra_env)
     except BaseException:
-        _print_log_tail(daemon)
+        print_log_tail(daemon)
         raise
     finally:
-        _stop_daemon(daemon)
+        stop_daemon(daemon)
         redis.cleanup()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _stop_daemon(daemon: DaemonProcess) -> None:
+def stop_daemon(daemon: DaemonProcess) -> None:
     if daemon.process is None:
         return
     try:
@@ -114,7 +116,7 @@ def _stop_daemon(daemon: DaemonProcess) -> None:
         daemon.stop(signal.SIGKILL)
 
 
-def _print_log_tail(daemon: DaemonProcess) -> None:
+def print_log_tail(daemon: DaemonProcess) -> None:
     lines = daemon.log().splitlines()[-LOG_TAIL_LINES:]
     if lines:
         print(f"last {len(lines)} lines of the daemon log {daemon.log_path}:", file=sys.stderr)

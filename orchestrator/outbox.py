@@ -64,11 +64,18 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._unpaused = asyncio.Event()
         self._unpaused.set()
+        self._stopping = False
         self._error_log = Throttle(interval_s=10.0)
 
     def wake(self) -> None:
         """Relay soon: a transition just added outbox entries."""
         self._wake.set()
+
+    def stop(self) -> None:
+        """Make ``run`` return at its next turn, also if a library swallowed its cancellation."""
+        self._stopping = True
+        self._wake.set()
+        self._unpaused.set()
 
     def pause(self, paused: bool) -> None:
         """Hold relaying while the spool replays, so a replayed direct dispatch is recorded first."""
@@ -81,7 +88,7 @@ class OutboxRelay:
     async def run(self) -> None:
         logger.info("outbox relay started for gateway {}", self._source)
         try:
-            while True:
+            while not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
                 self._wake.clear()

@@ -263,6 +263,7 @@ class Reconciler:
 # (OpenClaw 2026.9.6); runs are checked after that, so its own verdict arrives first.
 GATEWAY_SETTLE_DELAY_S = 45.0
 SPOOL_WATCH_INTERVAL_S = 1.0
+STOP_TIMEOUT_S = 5.0
 
 
 class Recovery:
@@ -330,7 +331,9 @@ class Recovery:
         await self.direct.stop()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded for the reason given in RetryComponents.stop.
+            await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_S)
 
     async def _boot(self) -> None:
         await self.replayer.replay()

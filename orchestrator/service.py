@@ -54,6 +54,8 @@ from orchestrator.tracker import Tracker
 from orchestrator.worker import WorkerSupervisor
 
 REDIS_RETRY_INTERVAL_S = 0.25
+# How long the shutdown waits for each group of background tasks after cancelling them.
+STOP_TASKS_TIMEOUT_S = 5.0
 # Gateway calls of one direct re-dispatch made while Redis is unavailable.
 DIRECT_DISPATCH_TRIES = 3
 STATE_DIR_MODE = 0o750
@@ -207,7 +209,7 @@ class Daemon:
                 "stopping: phase 3 of 4, stopping the tracker, recovery, the outbox relay and the arq worker"
             )
             tracker_task.cancel()
-            await asyncio.gather(tracker_task, return_exceptions=True)
+            await asyncio.wait([tracker_task], timeout=STOP_TASKS_TIMEOUT_S)
             await recovery.stop()
             await retries.stop()
             self.notifier.status("stopping: phase 4 of 4")
@@ -379,10 +381,17 @@ class RetryComponents:
         return cls(gateway=gateway, pool=pool, relay=relay, supervisor=supervisor, tasks=tasks)
 
     async def stop(self) -> None:
+        self.relay.stop()
         await self.supervisor.stop()
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # NOTE: redis-py's asyncio.wait_for can swallow a cancellation on Python 3.11 (CPython
+        # gh-86296), so the wait is bounded; a task still running then is abandoned and logged.
+        _, late = await asyncio.wait(self.tasks, timeout=STOP_TASKS_TIMEOUT_S)
+        for task in late:
+            logger.warning(
+                "task {} did not stop within {}s; leaving it", task.get_name(), STOP_TASKS_TIMEOUT_S
+            )
         await self.pool.aclose()
         if self.gateway is not None:
             await self.gateway.close()
