@@ -329,7 +329,7 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
 
 
 async def ping(client: aioredis.Redis, settings: Settings) -> None:
-    """Check that Redis answers; raise ``RedisUnavailable`` that names the address if not."""
+    """Check that Redis responds; raise ``RedisUnavailable`` that names the address if not."""
     url = settings.effective_redis_url
     try:
         await client.ping()
@@ -339,7 +339,7 @@ async def ping(client: aioredis.Redis, settings: Settings) -> None:
             "ORCH_REDIS_PASSWORD (or ORCH_REDIS_PASSWORD_FILE), or the user and password in ORCH_REDIS_URL"
         ) from e
     except ResponseError as e:
-        raise RedisUnavailable(f"Redis at {describe_address(url)} refused PING: {e}") from e
+        raise RedisUnavailable(f"Redis at {describe_address(url)} rejected PING: {e}") from e
     except REDIS_DOWN_ERRORS as e:
         raise RedisUnavailable(unreachable_message(settings, e)) from e
 

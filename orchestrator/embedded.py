@@ -93,7 +93,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
 
     async def start(self, timeout_s: float) -> None:
-        """Start the child and wait until it answers PING, or raise ``EmbeddedRedisError``."""
+        """Start the child and wait until it responds to PING, or raise ``EmbeddedRedisError``."""
         self._data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self._stop_leftover()
         preexec = _die_with_parent if sys.platform == "linux" else None
@@ -127,7 +127,7 @@ class EmbeddedRedis:
         except TimeoutError:
             await self.stop()
             raise EmbeddedRedisError(
-                f"embedded redis-server did not answer on {self._socket_path} within {timeout_s}s; "
+                f"embedded redis-server did not respond on {self._socket_path} within {timeout_s}s; "
                 f"see {self.log_path}"
             ) from None
         finally:

@@ -1,7 +1,7 @@
 """Exceptions raised by the orchestrator.
 
 Library errors (redis-py, OS, socket) are wrapped at the boundary that caught them, chained with
-``from``, and carry the address or path involved so the message alone tells the operator what to fix.
+``from``, and carry the address or path involved so the message alone shows the operator what to fix.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ class ConfigError(OrchestratorError):
 
 
 class RedisUnavailable(OrchestratorError):
-    """Redis did not answer at the configured address."""
+    """Redis did not respond at the configured address."""
 
 
 class JobNotFound(OrchestratorError):

@@ -1,7 +1,7 @@
 """The job model: kinds, statuses and the transition table.
 
 A job is one unit of delegated work: a ``sessions_spawn`` call and the child run it started, or a
-``sessions_send`` call. This module is the only place that says which status may follow which;
+``sessions_send`` call. This module is the only place that defines which status may follow which, and
 ``store`` renders both transition tables into the Lua scripts that apply them atomically.
 """
 
@@ -264,7 +264,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """What one gateway event asks the store to do to the job it belongs to.
+    """The change one gateway event requests on the job it belongs to.
 
     ``openclaw.map_event`` builds it from a hook payload; the store's Lua script applies it. The
     status to move to may depend on the kind of the job the event lands on, because the end of a

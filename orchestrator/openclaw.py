@@ -10,7 +10,7 @@ Rules that are not obvious from the payloads:
   assistant message's ``stopReason == "error"``.
 - ``subagent_ended`` fires after the result was announced to the parent, so it ends a spawn job.
 - Events of one job arrive in any order (``subagent_spawned`` was seen before the
-  ``after_tool_call`` that caused it), so every mapping links all the ids it knows.
+  ``after_tool_call`` that caused it), so every mapping links all the ids its payload contains.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ does not get a second dispatch for the same failure.
 Reconciliation runs at start and after each gateway_start event of this daemon's gateway. It
 puts every RETRYING job back in the outbox (arq refuses a dispatch it already holds, so a retry
 is armed once), enqueues again the dispatch of every job left QUEUED by an interrupted dispatch,
-and asks the gateway about the runs of ACTIVE jobs: a run the gateway reports as failed is
+and queries the gateway about the runs of ACTIVE jobs: a run the gateway reports as failed is
 treated as an interrupted attempt and retried per policy.
 """
 

@@ -276,7 +276,7 @@ def _state_dir_lock(state_dir: Path) -> Iterator[None]:
     except BlockingIOError:
         handle.close()
         raise StateDirLocked(
-            f"another orchestrator is running with state directory {state_dir} (it holds {lock_path}); "
+            f"another orchestrator is running with state directory {state_dir} (it has locked {lock_path}); "
             "stop it first or set ORCH_STATE_DIR to another directory"
         ) from None
     try:
@@ -386,7 +386,7 @@ class RetryComponents:
         for task in self.tasks:
             task.cancel()
         # NOTE: redis-py's asyncio.wait_for can swallow a cancellation on Python 3.11 (CPython
-        # gh-86296), so the wait is bounded; a task still running then is abandoned and logged.
+        # gh-86296), so the wait is bounded. A task still running after it is logged and left.
         _, late = await asyncio.wait(self.tasks, timeout=STOP_TASKS_TIMEOUT_S)
         for task in late:
             logger.warning(

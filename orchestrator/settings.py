@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     redis_tls_key_file: Path | None = Field(default=None, description="client key for rediss://")
     redis_connect_timeout_s: float = Field(default=5.0, gt=0)
     redis_startup_timeout_s: float = Field(
-        default=30.0, gt=0, description="how long serve waits for Redis to answer at start"
+        default=30.0, gt=0, description="how long serve waits for Redis to respond at start"
     )
 
     # Files
@@ -104,7 +104,9 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=5.0, gt=0)
     retry_cap_s: float = Field(default=300.0, gt=0)
     task_max_chars: int = Field(
-        default=65_536, ge=256, description="longest task or message text stored for re-dispatch"
+        default=65_536,
+        ge=256,
+        description="maximum length of the task or message text stored for re-dispatch, in characters",
     )
     agent_policies: dict[str, AgentPolicy] = Field(
         default_factory=dict,

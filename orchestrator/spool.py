@@ -61,7 +61,7 @@ class Spool:
         async with self._lock:
             if self._size + len(data) > self._max_bytes:
                 raise SpoolFull(
-                    f"the spool {self.path} holds {self._size} bytes and the limit is {self._max_bytes} "
+                    f"the spool {self.path} contains {self._size} bytes and the limit is {self._max_bytes} "
                     "(ORCH_SPOOL_MAX_BYTES); restore Redis so it can be replayed"
                 )
             sync = self._fsync == "always" or (

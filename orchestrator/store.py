@@ -109,7 +109,7 @@ class DispatchOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What applying one event did."""
+    """The result of applying one event."""
 
     job_id: str | None
     outcome: str  # created, applied, stale, parked, recorded, ignored, or duplicate

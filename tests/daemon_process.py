@@ -18,7 +18,7 @@ STOP_TIMEOUT_S = 30.0
 
 def cli_env(extra: dict[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("ORCH_")}
-    # Tests run many daemons at once: no HTTP listener unless a test asks for one.
+    # Tests run many daemons at once: no HTTP listener unless a test requests one.
     env["ORCH_HTTP_PORT"] = "0"
     env.update(extra)
     return env

@@ -155,7 +155,7 @@ async def test_failed_child_rerun_then_completes(
     assert webhook.attempts == []
 
 
-async def test_exhausted_job_dead_letters_with_one_alert_per_sink(
+async def test_exhausted_job_alerts_once_per_sink(
     wire: WireClient, running: Daemon, gateway: GatewayStandin, webhook: WebhookReceiver
 ) -> None:
     messages: list[str] = []

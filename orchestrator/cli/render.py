@@ -28,7 +28,7 @@ def console() -> Console:
 
 
 def line_console() -> Console:
-    """A console that wraps long lines at the terminal width instead of cutting them."""
+    """Return a console that wraps long lines at the terminal width instead of cutting them."""
     return Console(soft_wrap=True)
 
 
@@ -53,7 +53,11 @@ def _status(status: JobStatus) -> str:
 
 def stats_view(stats: Stats, *, agent: str | None = None, gateway: str | None = None) -> Group:
     """Build the tables of ``queue stats``: by status, then by agent and by gateway."""
-    scope = f" of agent {agent}" if agent else f" of gateway {gateway}" if gateway else ""
+    scope = ""
+    if agent:
+        scope = f" of agent {agent}"
+    elif gateway:
+        scope = f" of gateway {gateway}"
     table = Table(title=f"Jobs{scope} by status")
     table.add_column("status")
     table.add_column("jobs", justify="right")
